@@ -1,0 +1,8 @@
+"""greenprune: unified structured pruning (vocabulary, layers, FFN channels, KV groups) of Llama-family LLMs."""
+from ._version import __version__
+from . import modeling  # registers the greenprune_llama model type with the transformers Auto classes
+from .errors import GreenpruneError
+from .plan import LayerPlan, ModelShape, PruningPlan, identity_plan
+from .prune import prune_model
+
+__all__ = ["__version__", "GreenpruneError", "LayerPlan", "ModelShape", "PruningPlan", "identity_plan", "prune_model"]

@@ -1,0 +1,132 @@
+"""The `greenprune` command line: prune, eval."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import GreenpruneError
+
+log = logging.getLogger("greenprune")
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="stdlib", help="calibration data: stdlib | DIR | FILE.jsonl | datasets:PATH | pypkg:NAME")
+    p.add_argument("--eval-data", action="append", default=None,
+                   help="extra evaluation corpus (repeatable); default: pypkg:rich (code outside the calibration corpus)")
+    p.add_argument("--calib-tokens", type=int, default=4096, help="tokens for activation statistics (default 4096)")
+    p.add_argument("--eval-tokens", type=int, default=8192, help="tokens per evaluation corpus (default 8192)")
+    p.add_argument("--seq-len", type=int, default=256, help="sequence length of calibration blocks / eval windows")
+    p.add_argument("--nextline-samples", type=int, default=32, help="next-line completion samples (0: skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+    from .importance import SCORERS
+    from .planner import METHODS
+
+    ap = argparse.ArgumentParser(prog="greenprune", description="Unified structured pruning of Llama-family LLMs.")
+    ap.add_argument("--version", action="version", version=f"greenprune {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prune", help="prune a model (default: SmolLM2-135M-Instruct by 22%%) and evaluate it")
+    p.add_argument("--model", default=None, help="HF model directory, .gguf file, or hub id (default: the embedded SmolLM2-135M)")
+    p.add_argument("--ratio", type=float, default=0.22, help="fraction of all parameters to remove (default 0.22)")
+    p.add_argument("--align", type=int, default=64, help="FFN widths are multiples of this (default 64)")
+    p.add_argument("--method", choices=METHODS, default="unified", help="unified (KL-guided, default) | uniform | layers")
+    p.add_argument("--scorer", choices=list(SCORERS), default="wanda", help="channel / KV-group importance (default wanda)")
+    p.add_argument("--vocab", dest="vocab", action="store_true", default=None, help="prune the vocabulary (default for unified)")
+    p.add_argument("--no-vocab", dest="vocab", action="store_false", help="keep the whole vocabulary")
+    p.add_argument("--uniform", action="store_true", help="unified method, one FFN width / KV count for all kept layers")
+    p.add_argument("--max-ffn-prune", type=float, default=0.75, help="largest fraction of one layer's FFN removed")
+    p.add_argument("--no-layer-drop", action="store_true", help="never remove whole layers")
+    p.add_argument("--no-kv", action="store_true", help="never remove KV groups")
+    p.add_argument("--kl-tokens", type=int, default=512, help="calibration tokens for the KL tables (default 512)")
+    p.add_argument("--plan", default=None, help="apply this plan.json instead of planning")
+    p.add_argument("--out", default="out/pruned", help="output directory (default out/pruned)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation")
+    _job_args(p)
+
+    e = sub.add_parser("eval", help="evaluate a model, or a pruned model against its dense reference")
+    e.add_argument("--model", default=None, help="model to evaluate (default: the embedded SmolLM2-135M)")
+    e.add_argument("--reference", default=None, help="dense reference model (default: the one in the model's report)")
+    e.add_argument("--out", default=None, help="write the results as JSON here")
+    _job_args(e)
+    return ap
+
+
+def _options(a):
+    from .pipeline import JobOptions
+    from .planner import PlanOptions
+
+    plan = PlanOptions(
+        ratio=getattr(a, "ratio", 0.22), align=getattr(a, "align", 64), method=getattr(a, "method", "unified"),
+        max_ffn_prune=getattr(a, "max_ffn_prune", 0.75), kv=not getattr(a, "no_kv", False),
+        drop_layers=not getattr(a, "no_layer_drop", False), uniform=getattr(a, "uniform", False),
+    )
+    for name in ("calib_tokens", "eval_tokens", "seq_len"):
+        if getattr(a, name) < 2:
+            raise GreenpruneError(f"--{name.replace('_', '-')} must be >= 2")
+    return JobOptions(
+        model=a.model, data=a.data, eval_data=tuple(a.eval_data) if a.eval_data is not None else ("pypkg:rich",),
+        plan=plan, scorer=getattr(a, "scorer", "wanda"), vocab=getattr(a, "vocab", None),
+        calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512), seq_len=a.seq_len,
+        eval_tokens=a.eval_tokens, nextline_samples=a.nextline_samples, plan_file=getattr(a, "plan", None),
+        out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
+        evaluate=not getattr(a, "no_eval", False), progress=not a.no_progress,
+    )
+
+
+def _reference_from_report(model: str | None) -> str | None:
+    if model is None:
+        return None
+    rp = Path(model) / "greenprune_report.json"
+    if rp.exists():
+        src = json.loads(rp.read_text()).get("source_model")
+        return None if src is None or src.startswith("default:") else src
+    return None
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=os.environ.get("GREENPRUNE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    a = build_parser().parse_args(argv)
+    try:
+        from .report import print_eval, print_prune
+
+        opts = _options(a)
+        if a.cmd == "prune":
+            report = run_prune_cli(opts)
+            print_prune(report, opts.out)
+        else:
+            from .pipeline import run_eval
+
+            ref = a.reference or _reference_from_report(a.model)
+            res = run_eval(a.model, ref, opts)
+            print_eval(res)
+            if a.out:
+                from .models import write_json_atomic
+
+                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(Path(a.out), res)
+        return 0
+    except GreenpruneError as e:
+        print(f"greenprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("greenprune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def run_prune_cli(opts):
+    from .pipeline import run_prune
+
+    return run_prune(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Importance scores: which FFN channels, KV groups, layers and tokens matter.
+
+One pass over calibration blocks collects per-channel activation statistics of every layer's FFN
+intermediate (the input of down_proj) and attention output (the input of o_proj), the block-influence
+cosine of every layer, and, when a scorer needs them, gradients. Scorers are small classes behind one
+interface: `ffn(layer, stats) -> [F]` and `kv(layer, stats, shape) -> [G]`; higher = more important.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import GreenpruneError
+from .kernels import ChannelStats, wanda_scores
+from .plan import ModelShape
+
+
+@dataclass
+class LayerStats:
+    ffn: ChannelStats  # over the FFN intermediate activations silu(gate) * up, [F]
+    attn: ChannelStats  # over the attention output before o_proj, [heads * head_dim]
+    cos_sum: float = 0.0  # sum over tokens of cos(layer input, layer output)
+    cos_count: int = 0
+    ffn_grad: Optional[torch.Tensor] = None  # per-channel gradient statistic (taylor / fisher), [F]
+    attn_grad: Optional[torch.Tensor] = None  # per query-head-channel statistic, [heads * head_dim]
+
+    @property
+    def block_influence(self) -> float:
+        """ShortGPT's block influence, 1 - E[cos(x_in, x_out)]: low = the layer barely changes its input."""
+        return 1.0 - self.cos_sum / max(self.cos_count, 1)
+
+
+def _group_sum(per_channel: torch.Tensor, shape: ModelShape) -> torch.Tensor:
+    """Sum o_proj-input channel scores per KV group: [heads * head_dim] -> [num_key_value_heads]."""
+    return per_channel.view(shape.num_key_value_heads, -1).sum(-1)
+
+
+def _group_size(shape: ModelShape) -> int:
+    return shape.head_dim * shape.heads_per_group
+
+
+class Importance:
+    """Scorer interface. `needs` is one of None, 'taylor', 'fisher' (extra gradient passes)."""
+
+    name = "base"
+    needs: Optional[str] = None
+
+    def ffn(self, layer, stats: LayerStats) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kv(self, layer, stats: LayerStats, shape: ModelShape) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Magnitude(Importance):
+    """Weight norms only (no data): the classic baseline."""
+
+    name = "magnitude"
+
+    def ffn(self, layer, stats):
+        m = layer.mlp
+        return (m.gate_proj.weight.float().norm(dim=1) + m.up_proj.weight.float().norm(dim=1)
+                + m.down_proj.weight.float().norm(dim=0))
+
+    def kv(self, layer, stats, shape):
+        return _group_sum(layer.self_attn.o_proj.weight.float().norm(dim=0), shape)
+
+
+class WandaSP(Importance):
+    """Wanda-sp: sum_i |W_down[i, j]| * ||x_j||_2 over calibration tokens (per channel / per KV group)."""
+
+    name = "wanda"
+
+    def ffn(self, layer, stats):
+        return wanda_scores(layer.mlp.down_proj.weight, stats.ffn.l2_norm)
+
+    def kv(self, layer, stats, shape):
+        return wanda_scores(layer.self_attn.o_proj.weight, stats.attn.l2_norm, _group_size(shape))
+
+
+class Fluctuation(Importance):
+    """FLAP: Var[x_j] * ||W_down[:, j]||^2, the output change when channel j is replaced by its mean."""
+
+    name = "flap"
+
+    def ffn(self, layer, stats):
+        return stats.ffn.variance * layer.mlp.down_proj.weight.float().pow(2).sum(0)
+
+    def kv(self, layer, stats, shape):
+        return _group_sum(stats.attn.variance * layer.self_attn.o_proj.weight.float().pow(2).sum(0), shape)
+
+
+class Taylor(Importance):
+    """First-order Taylor: sum over a channel's weights of |w * dL/dw| (LM loss on calibration text)."""
+
+    name = "taylor"
+    needs = "taylor"
+
+    def ffn(self, layer, stats):
+        return stats.ffn_grad
+
+    def kv(self, layer, stats, shape):
+        return _group_sum(stats.attn_grad, shape)
+
+
+class OutputKL(Importance):
+    """KL to the dense output, to second order: removing channel c (delta = -w_c) raises KL(dense || pruned)
+    by about 1/2 E[(sum_{w in c} w * d log q(y)/dw)^2] with y sampled from the model itself (Fisher)."""
+
+    name = "kl"
+    needs = "fisher"
+
+    def ffn(self, layer, stats):
+        return stats.ffn_grad
+
+    def kv(self, layer, stats, shape):
+        return _group_sum(stats.attn_grad, shape)
+
+
+SCORERS = {cls.name: cls for cls in (Magnitude, WandaSP, Fluctuation, Taylor, OutputKL)}
+
+
+def get_scorer(name: str) -> Importance:
+    if name not in SCORERS:
+        raise GreenpruneError(f"unknown importance scorer '{name}'; choose from {', '.join(SCORERS)}")
+    return SCORERS[name]()
+
+
+def _layer_output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def collect_activation_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[LayerStats]:
+    """One forward pass over calibration blocks [N, L] with hooks on every decoder layer."""
+    layers = model.model.layers
+    stats = [LayerStats(ChannelStats(), ChannelStats()) for _ in layers]
+    handles = []
+    for st, layer in zip(stats, layers):
+        def ffn_hook(mod, args, st=st):
+            st.ffn.update(args[0])  # returns None: the input passes on unchanged
+
+        def attn_hook(mod, args, st=st):
+            st.attn.update(args[0])
+
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_hook))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook))
+
+        def cos_hook(mod, args, kwargs, out, st=st):
+            x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            c = torch.nn.functional.cosine_similarity(x.float(), _layer_output(out).float(), dim=-1)
+            st.cos_sum += c.sum().item()
+            st.cos_count += c.numel()
+
+        handles.append(layer.register_forward_hook(cos_hook, with_kwargs=True))
+    try:
+        for s in tqdm(range(0, len(blocks), batch_size), desc="activation statistics", disable=not progress):
+            model(blocks[s : s + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def collect_gradient_stats(model, blocks: torch.Tensor, stats: list[LayerStats], mode: str, progress: bool = True) -> None:
+    """Fill stats[i].ffn_grad / attn_grad. taylor: |w * g| with g the LM-loss gradient summed over blocks.
+    fisher: E over blocks of (sum_{w in channel} w * g)^2 with labels sampled from the model's own outputs."""
+    params = [p for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    targets = []
+    for layer in model.model.layers:
+        for lin in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj, layer.self_attn.o_proj):
+            lin.weight.requires_grad_(True)
+            lin.weight.grad = None
+            targets.append(lin.weight)
+    for st in stats:
+        st.ffn_grad = torch.zeros(st.ffn.n_channels)
+        st.attn_grad = torch.zeros(st.attn.n_channels)
+
+    def per_channel(layer, fn):
+        m, o = layer.mlp, layer.self_attn.o_proj
+        f = fn(m.gate_proj.weight, 1) + fn(m.up_proj.weight, 1) + fn(m.down_proj.weight, 0)
+        return f, fn(o.weight, 0)
+
+    try:
+        batch = 1 if mode == "fisher" else 4
+        for s in tqdm(range(0, len(blocks), batch), desc=f"{mode} gradients", disable=not progress):
+            x = blocks[s : s + batch]
+            logits = model(x, use_cache=False).logits.float()
+            if mode == "fisher":
+                with torch.no_grad():
+                    y = torch.multinomial(logits.detach().softmax(-1).view(-1, logits.shape[-1]), 1).view(x.shape)
+                loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1), reduction="sum")
+            else:
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            loss.backward()
+            if mode == "fisher":
+                with torch.no_grad():
+                    for st, layer in zip(stats, model.model.layers):
+                        f, a = per_channel(layer, lambda w, d: (w.float() * w.grad.float()).sum(d))
+                        st.ffn_grad += f.pow(2)
+                        st.attn_grad += a.pow(2)
+                for w in targets:
+                    w.grad = None
+        if mode == "taylor":
+            with torch.no_grad():
+                for st, layer in zip(stats, model.model.layers):
+                    st.ffn_grad, st.attn_grad = per_channel(layer, lambda w, d: (w.float() * w.grad.float()).abs().sum(d))
+    finally:
+        for w in targets:
+            w.grad = None
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+@dataclass
+class Scores:
+    """Per dense layer: FFN channel scores [F], KV group scores [G], and the layer's block influence."""
+
+    ffn: list[torch.Tensor]
+    kv: list[torch.Tensor]
+    block_influence: list[float]
+    scorer: str
+    stats: list[LayerStats] = field(repr=False, default_factory=list)
+
+
+def score_model(model, blocks: torch.Tensor, scorer: Importance | str, progress: bool = True) -> Scores:
+    scorer = get_scorer(scorer) if isinstance(scorer, str) else scorer
+    shape = ModelShape.from_config(model.config)
+    stats = collect_activation_stats(model, blocks, progress=progress)
+    if scorer.needs:
+        collect_gradient_stats(model, blocks, stats, scorer.needs, progress=progress)
+    with torch.no_grad():
+        ffn = [scorer.ffn(l, st).float().cpu() for l, st in zip(model.model.layers, stats)]
+        kv = [scorer.kv(l, st, shape).float().cpu() for l, st in zip(model.model.layers, stats)]
+    return Scores(ffn, kv, [st.block_influence for st in stats], scorer.name, stats)

@@ -1,0 +1,228 @@
+"""The prune and eval jobs: load -> data -> scores -> plan -> prune -> evaluate -> save (atomically).
+
+Data flows one way; the dense model is never modified and its files are never written.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import data as data_mod
+from ._version import __version__
+from .errors import GreenpruneError
+from .evaluate import agreement, bits_per_byte, cpu_tokens_per_second, generate_code, next_line_exact_match, next_line_samples
+from .importance import get_scorer, score_model
+from .models import atomic_dir, check_architecture, dir_size, load_model, num_params, write_json_atomic
+from .plan import ModelShape, PruningPlan, resolve_plan
+from .planner import LayerwiseKL, PlanOptions, make_plan, measure_kl_tables
+from .prune import prune_model
+from .vocab import close_vocabulary, prune_tokenizer, token_counts
+
+log = logging.getLogger(__name__)
+REPORT_NAME = "greenprune_report.json"
+SIGNATURE_PROMPT = 'def is_palindrome(s: str) -> bool:\n    """Return True if s reads the same backwards."""\n'
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    model: Optional[str] = None  # None: the embedded default (SmolLM2-135M-Instruct)
+    data: str = "stdlib"
+    eval_data: tuple[str, ...] = ("pypkg:rich",)  # code outside the calibration corpus, besides the held-out split
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    scorer: str = "wanda"
+    vocab: Optional[bool] = None  # None: on for the unified method, off for the baselines
+    vocab_min_count: int = 1
+    calib_tokens: int = 4096  # activation statistics
+    kl_tokens: int = 512  # KL tables of the unified planner
+    seq_len: int = 256
+    eval_tokens: int = 8192
+    nextline_samples: int = 32
+    plan_file: Optional[str] = None
+    out: Optional[str] = None
+    overwrite: bool = False
+    evaluate: bool = True
+    progress: bool = True
+
+    @property
+    def use_vocab(self) -> bool:
+        return self.plan.method == "unified" if self.vocab is None else self.vocab
+
+
+class Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - t, 2)
+
+
+def choose_vocabulary(tokenizer, shape: ModelShape, calib: list, min_count: int) -> list[int]:
+    counts = token_counts(tokenizer, (d.text for d in calib), shape.vocab_size)
+    return close_vocabulary(tokenizer, [i for i in range(shape.vocab_size) if counts[i] >= min_count])
+
+
+def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) -> tuple[PruningPlan, dict]:
+    shape = ModelShape.from_config(model.config)
+    opts.plan.validate(shape)
+    with timer("tokenize_calibration"):
+        blocks = data_mod.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
+    with timer("importance"):
+        scores = score_model(model, blocks, get_scorer(opts.scorer), progress=opts.progress)
+    extra = {"block_influence": scores.block_influence}
+    if opts.plan_file:
+        plan = PruningPlan.load(Path(opts.plan_file))
+        if plan.shape != shape:
+            raise GreenpruneError(f"plan {opts.plan_file} was made for another model shape ({plan.shape})")
+        return resolve_plan(plan, scores.ffn, scores.kv), extra
+    vocab_keep = None
+    if opts.use_vocab:
+        with timer("vocabulary"):
+            vocab_keep = choose_vocabulary(tokenizer, shape, calib, opts.vocab_min_count)
+        vocab_keep = _fit_vocabulary(tokenizer, shape, vocab_keep, opts.plan.ratio)
+    tables = None
+    if opts.plan.method == "unified":
+        with timer("kl_tables"):
+            kl_blocks = blocks[: max(1, opts.kl_tokens // blocks.shape[1])]
+            kl = LayerwiseKL(model, kl_blocks, vocab_keep)
+            tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
+        extra["kl_tables"] = tables
+    with timer("plan"):
+        plan = make_plan(shape, scores, opts.plan, vocab_keep, tables)
+    return plan, extra
+
+
+def _fit_vocabulary(tokenizer, shape: ModelShape, keep: list[int], ratio: float) -> list[int]:
+    """If dropping unused tokens alone would remove more than the budget, give back tokens in merge order
+    (BPE ids grow with merge rank: lower ids are the more common tokens of the tokenizer's own corpus)."""
+    allowed = int(ratio * shape.dense_params) // shape.vocab_params(1)  # tokens the budget lets go
+    if shape.vocab_size - len(keep) <= allowed:
+        return keep
+    kept = set(keep)
+    extra = [i for i in range(shape.vocab_size) if i not in kept][: shape.vocab_size - allowed - len(keep)]
+    return close_vocabulary(tokenizer, sorted(kept | set(extra)))
+
+
+def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dict[str, list[str]],
+                  opts: JobOptions, timer: Timer) -> dict:
+    out = {"dense": {}, "pruned": {}}
+    for name, texts in heldout.items():
+        with timer(f"eval_{name}"):
+            d = bits_per_byte(dense, dense_tok, texts, opts.seq_len, opts.progress)
+            p = bits_per_byte(pruned, pruned_tok, texts, opts.seq_len, opts.progress)
+            a = agreement(dense, pruned, pruned_tok, texts, vocab_keep, opts.seq_len, opts.progress)
+        out["dense"][name] = {"bpb": d["bpb"], "tokens": d["tokens"], "bytes": d["bytes"]}
+        out["pruned"][name] = {"bpb": p["bpb"], "tokens": p["tokens"], "bytes": p["bytes"], "bpb_ratio": p["bpb"] / d["bpb"], **a}
+    first = next(iter(heldout))
+    for side in ("dense", "pruned"):  # the headline numbers: the held-out split of the calibration corpus
+        out[side]["bpb"] = out[side][first]["bpb"]
+    for k in ("kl", "top1_agreement", "dropped_mass"):
+        out["pruned"][k] = out["pruned"][first][k]
+    if opts.nextline_samples:
+        samples = next_line_samples(heldout[first], opts.nextline_samples)
+        with timer("eval_nextline"):
+            out["dense"]["next_line_exact_match"] = next_line_exact_match(dense, dense_tok, samples, progress=opts.progress)["exact_match"]
+            out["pruned"]["next_line_exact_match"] = next_line_exact_match(pruned, pruned_tok, samples, progress=opts.progress)["exact_match"]
+    with timer("eval_speed"):
+        out["dense"]["cpu_tokens_per_s"] = cpu_tokens_per_second(dense, dense.config.vocab_size)
+        out["pruned"]["cpu_tokens_per_s"] = cpu_tokens_per_second(pruned, pruned.config.vocab_size)
+    out["pruned"]["sample_completion"] = {"prompt": SIGNATURE_PROMPT, "dense": generate_code(dense, dense_tok, SIGNATURE_PROMPT),
+                                          "pruned": generate_code(pruned, pruned_tok, SIGNATURE_PROMPT)}
+    return out
+
+
+def heldout_texts(tokenizer, opts: JobOptions, heldout_docs: list) -> dict[str, list[str]]:
+    sets = {f"{opts.data}:heldout": data_mod.eval_snippets(tokenizer, heldout_docs, opts.eval_tokens)}
+    for spec in opts.eval_data:
+        sets[spec] = data_mod.eval_snippets(tokenizer, data_mod.load_documents(spec), opts.eval_tokens)
+    return sets
+
+
+def run_prune(opts: JobOptions) -> dict:
+    """The whole prune job; returns the report (also written to OUT/greenprune_report.json)."""
+    timer = Timer()
+    out = Path(opts.out) if opts.out else None
+    if out is not None and out.exists() and not opts.overwrite:  # fail before the long work, not after
+        raise GreenpruneError(f"output directory {out} exists (use --overwrite to replace it)")
+    torch.manual_seed(0)
+    with timer("load"):
+        dense, tok = load_model(opts.model)
+    check_architecture(dense.config, opts.model or "default model")
+    with timer("data"):
+        calib, held = data_mod.calibration_and_heldout(opts.data)
+    plan, extra = build_plan(dense, tok, opts, calib, timer)
+    with timer("prune"):
+        pruned = prune_model(dense, plan)
+        pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
+    report = {
+        "greenprune_version": __version__,
+        "source_model": str(opts.model or "default:SmolLM2-135M-Instruct"),
+        "options": _jsonable(asdict(opts)),
+        "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
+        "plan": plan.to_dict(),
+        "importance": extra,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+    if opts.evaluate:
+        report["eval"] = evaluate_pair(dense, tok, pruned, pruned_tok, plan.vocab_keep, heldout_texts(tok, opts, held), opts, timer)
+    report["timings_s"] = timer.times
+    if out is not None:
+        with timer("save"):
+            with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+                pruned.save_pretrained(tmp, safe_serialization=True)
+                pruned_tok.save_pretrained(tmp)
+                plan.save(tmp / "plan.json")
+                report["size_on_disk"] = {"pruned_bytes": dir_size(tmp)}
+                report["timings_s"] = timer.times
+                write_json_atomic(tmp / REPORT_NAME, report)
+    return report
+
+
+def run_eval(model_spec: str, reference: Optional[str], opts: JobOptions) -> dict:
+    """Evaluate a (pruned) model alone or against a reference (dense) model."""
+    timer = Timer()
+    model, tok = load_model(model_spec)
+    ref, ref_tok = load_model(reference) if reference or model_spec is None else (None, None)
+    calib, held = data_mod.calibration_and_heldout(opts.data)
+    base_tok = ref_tok if ref_tok is not None else tok
+    sets = heldout_texts(base_tok, opts, held)
+    if ref is None:
+        res = {name: bits_per_byte(model, tok, texts, opts.seq_len, opts.progress) for name, texts in sets.items()}
+        return {"model": {"params": num_params(model), **{k: v["bpb"] for k, v in res.items()},
+                          "cpu_tokens_per_s": cpu_tokens_per_second(model, model.config.vocab_size)}}
+    keep = _vocab_map(ref_tok, tok) if len(tok) != len(ref_tok) else None
+    res = evaluate_pair(ref, ref_tok, model, tok, keep, sets, opts, timer)
+    res["params"] = {"dense": num_params(ref), "pruned": num_params(model)}
+    if model_spec and Path(model_spec).is_dir():
+        res["size_on_disk"] = {"pruned_bytes": dir_size(Path(model_spec))}
+    res["timings_s"] = timer.times
+    return res
+
+
+def _vocab_map(ref_tok, tok) -> list[int]:
+    """Original ids of a pruned tokenizer's tokens, matched by token string."""
+    ref_vocab = ref_tok.get_vocab()
+    inv = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    missing = [t for t, _ in inv if t not in ref_vocab]
+    if missing:
+        raise GreenpruneError(f"the model's vocabulary is not a subset of the reference's (e.g. {missing[:3]})")
+    return [ref_vocab[t] for t, _ in inv]
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x

@@ -1,0 +1,130 @@
+"""Physical pruning: slice the weights a plan keeps, derive the config from the plan, build the smaller model.
+
+The config is never patched by hand after the fact: `derive_config` computes it from the dense config and the
+plan, the pruned model is constructed from it, and the sliced state dict is loaded with strict=True, so any
+disagreement between plan, config and weights is an error, not a silent mismatch.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+
+from .errors import GreenpruneError
+from .modeling import heterogeneous_config
+from .plan import ModelShape, PruningPlan
+
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+
+
+def derive_config(config, plan: PruningPlan):
+    """The pruned model's config: a plain config of the dense type for uniform plans, else greenprune_llama."""
+    shape = plan.shape
+    widths = [lp.ffn_width for lp in plan.layers]
+    kv = [lp.kv_heads for lp in plan.layers]
+    heads = [k * shape.heads_per_group for k in kv]
+    if plan.is_uniform:
+        cfg = copy.deepcopy(config)
+        cfg.intermediate_size = widths[0]
+        cfg.num_key_value_heads = kv[0]
+        cfg.num_attention_heads = heads[0]
+    else:
+        if config.model_type not in ("llama", "mistral", "greenprune_llama"):
+            raise GreenpruneError(
+                f"per-layer widths are saved as greenprune_llama, which covers Llama/Mistral layouts, not "
+                f"'{config.model_type}'; use a uniform plan (--uniform) for this model"
+            )
+        cfg = heterogeneous_config(config, widths, heads, kv)
+    cfg.head_dim = shape.head_dim  # explicit: heads change, head size does not
+    cfg.num_hidden_layers = len(plan.layers)
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [config.layer_types[lp.index] for lp in plan.layers]
+    if plan.vocab_keep is not None:
+        remap = {old: new for new, old in enumerate(plan.vocab_keep)}
+        cfg.vocab_size = len(plan.vocab_keep)
+        for f in _TOKEN_ID_FIELDS:
+            old = getattr(cfg, f, None)
+            if isinstance(old, int):
+                setattr(cfg, f, remap.get(old))
+            elif isinstance(old, list):
+                setattr(cfg, f, [remap[o] for o in old if o in remap] or None)
+    return cfg
+
+
+def _slice_layer(name: str, t: torch.Tensor, lp, shape: ModelShape) -> torch.Tensor:
+    """Slice one tensor of a decoder layer to the plan's kept FFN channels and KV groups."""
+    d, r = shape.head_dim, shape.heads_per_group
+    ffn = torch.tensor(lp.ffn_keep)
+    kv_rows = torch.tensor([k * d + j for k in lp.kv_keep for j in range(d)])
+    q_rows = torch.tensor([(k * r + h) * d + j for k in lp.kv_keep for h in range(r) for j in range(d)])
+    if name.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
+        return t.index_select(0, ffn)
+    if name == "mlp.down_proj.weight":
+        return t.index_select(1, ffn)
+    if name.startswith("self_attn.q_proj."):
+        return t.index_select(0, q_rows)
+    if name.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+        return t.index_select(0, kv_rows)
+    if name == "self_attn.o_proj.weight":
+        return t.index_select(1, q_rows)
+    return t  # norms, down/o biases
+
+
+def pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
+    if not plan.is_resolved:
+        raise GreenpruneError("plan has layers without explicit channels; resolve it with importance scores first")
+    by_index = {lp.index: (new, lp) for new, lp in enumerate(plan.layers)}
+    vocab = torch.tensor(plan.vocab_keep) if plan.vocab_keep is not None else None
+    out = {}
+    for key, t in model.state_dict().items():
+        m = _LAYER_KEY.match(key)
+        if m:
+            old = int(m.group(1))
+            if old not in by_index:
+                continue
+            new, lp = by_index[old]
+            out[f"model.layers.{new}.{m.group(2)}"] = _slice_layer(m.group(2), t, lp, plan.shape).contiguous()
+        elif vocab is not None and key in ("model.embed_tokens.weight", "lm_head.weight"):
+            out[key] = t.index_select(0, vocab).contiguous()
+        else:
+            out[key] = t
+    return out
+
+
+def check_plan_matches(model, plan: PruningPlan) -> None:
+    got = ModelShape.from_config(model.config)
+    if model.config.model_type == "greenprune_llama":
+        raise GreenpruneError("this model is already pruned per layer; prune the dense model instead")
+    if got != plan.shape:
+        raise GreenpruneError(f"plan was made for a different model shape: plan {plan.shape}, model {got}")
+
+
+@torch.no_grad()
+def prune_model(model, plan: PruningPlan):
+    """A new, smaller model built from `plan`; `model` is left unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    check_plan_matches(model, plan)
+    plan.validate()
+    cfg = derive_config(model.config, plan)
+    sd = pruned_state_dict(model, plan)
+    dtype = next(model.parameters()).dtype
+    with torch.device("meta"):
+        pruned = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    if getattr(cfg, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    missing, unexpected = pruned.load_state_dict(sd, strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
+    if missing or unexpected:
+        raise GreenpruneError(f"pruned weights do not match the derived config: missing {missing}, unexpected {unexpected}")
+    if cfg.tie_word_embeddings:
+        pruned.tie_weights()
+    pruned.model.rotary_emb = copy.deepcopy(model.model.rotary_emb)  # buffers are not in the state dict
+    if getattr(model, "generation_config", None) is not None:
+        pruned.generation_config = copy.deepcopy(model.generation_config)
+        for f in _TOKEN_ID_FIELDS:
+            if hasattr(pruned.generation_config, f):
+                setattr(pruned.generation_config, f, getattr(cfg, f, None))
+    return pruned.eval()

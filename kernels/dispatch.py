@@ -1,0 +1,247 @@
+"""Backend selection for greenprune's ops: CUDA extension -> Triton -> torch reference.
+
+Order in `auto` mode (the default), per call, from the op's tensor arguments:
+  1. "cuda":   the compiled extension (`greenprune._C`, ops under `torch.ops.greenprune_cuda`), when it is
+               installed, has the op, and every tensor is on a CUDA device. Reserved: not built yet.
+  2. "triton": when triton imports, the op has a Triton kernel, and the tensors are on CUDA, or
+               TRITON_INTERPRET=1 is set (the Triton interpreter runs the kernels on CPU tensors: tests only).
+  3. "torch":  the pure-torch reference in reference.py, always available.
+
+`GREENPRUNE_BACKEND=torch|triton|cuda|auto` forces one (read at every call, so tests may monkeypatch it).
+Forcing a backend that cannot run the call raises BackendUnavailable with the reason, rather than silently
+measuring or testing something else. A GPU is never needed at import: a failed triton import is logged and
+every op falls back to torch.
+
+Kernels are declared with `lazy_jit`: the `triton.jit` decoration happens at first launch, so whether
+TRITON_INTERPRET was set before or after this module was imported does not matter.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import types
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger("greenprune.kernels")
+
+BACKENDS = ("cuda", "triton", "torch")
+ENV_BACKEND = "GREENPRUNE_BACKEND"
+
+try:  # triton is optional: a CPU-only install, or a broken/mismatched one, must still import greenprune
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON, TRITON_ERROR = True, None
+except Exception as exc:  # noqa: BLE001 - any import failure (ImportError, missing libcuda, ...) means "no triton"
+    triton, HAS_TRITON, TRITON_ERROR = None, False, f"{type(exc).__name__}: {exc}"
+    tl = types.SimpleNamespace(constexpr=None)  # kernel annotations `x: tl.constexpr` still evaluate
+    log.info("triton unavailable (%s); greenprune kernels use the torch reference", TRITON_ERROR)
+
+
+class BackendUnavailable(RuntimeError):
+    """A forced backend (GREENPRUNE_BACKEND) cannot run this call."""
+
+
+def interpret_mode() -> bool:
+    """True when TRITON_INTERPRET asks triton to interpret kernels on the CPU (read live, like triton does)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(level: int, msg: str) -> None:
+    log.log(level, msg)
+
+
+# --- the CUDA extension (reserved namespace) --------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _cuda_extension() -> Optional[object]:
+    """torch.ops.greenprune_cuda once `greenprune._C` (built from csrc/ with GREENPRUNE_BUILD_CUDA=1) loads."""
+    try:
+        importlib.import_module("greenprune._C")
+    except Exception as exc:  # noqa: BLE001
+        _log_once(logging.DEBUG, f"greenprune CUDA extension unavailable ({type(exc).__name__}: {exc})")
+        return None
+    return torch.ops.greenprune_cuda
+
+
+def _cuda_op(op: str) -> Optional[Callable]:
+    ext = _cuda_extension()
+    return getattr(ext, op, None) if ext is not None and hasattr(ext, op) else None
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+_TRITON: dict[str, Callable] = {}
+_TORCH: dict[str, Callable] = {}
+
+
+def register(op: str, *, torch_impl: Callable, triton_impl: Optional[Callable] = None) -> None:
+    """Declare an op's implementations (each op module calls this once at import)."""
+    _TORCH[op] = torch_impl
+    if triton_impl is not None:
+        _TRITON[op] = triton_impl
+
+
+def _tensors(args) -> list[torch.Tensor]:
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def _why_not(backend: str, op: str, tensors: list[torch.Tensor]) -> Optional[str]:
+    """None when `backend` can run `op` on these tensors, else the reason it cannot."""
+    on_cuda = bool(tensors) and all(t.is_cuda for t in tensors)
+    if backend == "torch":
+        return None
+    if backend == "cuda":
+        if _cuda_op(op) is None:
+            return f"the greenprune CUDA extension (greenprune._C) is not installed or lacks '{op}'"
+        return None if on_cuda else "the CUDA extension needs every tensor on a CUDA device"
+    if backend == "triton":
+        if not HAS_TRITON:
+            return f"triton failed to import ({TRITON_ERROR})"
+        if op not in _TRITON:
+            return f"'{op}' has no Triton kernel"
+        if on_cuda or interpret_mode():
+            return None
+        return "Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 to interpret them on the CPU)"
+    raise ValueError(f"unknown backend '{backend}'")
+
+
+def backend_for(op: str, *tensors: torch.Tensor) -> str:
+    """The backend ('cuda', 'triton' or 'torch') that runs `op` on these tensors, honouring GREENPRUNE_BACKEND."""
+    if op not in _TORCH:
+        raise KeyError(f"unknown greenprune op '{op}'; known: {', '.join(sorted(_TORCH))}")
+    ts = _tensors(tensors)
+    forced = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
+    if forced != "auto":
+        if forced not in BACKENDS:
+            raise ValueError(f"{ENV_BACKEND}={forced!r}; choose one of auto, {', '.join(BACKENDS)}")
+        reason = _why_not(forced, op, ts)
+        if reason is not None:
+            raise BackendUnavailable(f"{ENV_BACKEND}={forced} but it cannot run '{op}': {reason}")
+        return forced
+    for backend in BACKENDS:
+        reason = _why_not(backend, op, ts)
+        if reason is None:
+            return backend
+        level = logging.INFO if ts and ts[0].is_cuda else logging.DEBUG  # on CUDA a faster path was expected
+        _log_once(level, f"greenprune '{op}': backend {backend} unavailable: {reason}")
+    raise AssertionError("unreachable: the torch backend always runs")
+
+
+def call(op: str, *args, **kwargs):
+    """Run `op` on the backend picked by backend_for (tensor arguments decide)."""
+    backend = backend_for(op, *args, *kwargs.values())
+    if backend == "cuda":
+        return _cuda_op(op)(*args, **kwargs)
+    return (_TRITON if backend == "triton" else _TORCH)[op](*args, **kwargs)
+
+
+# --- kernel helpers ---------------------------------------------------------------------------------------
+class LazyKernel:
+    """A Triton kernel decorated at first launch: interpreted or compiled as TRITON_INTERPRET says then.
+
+    kernel[grid](...) launches with explicit meta-parameters; kernel.tuned(configs, key)[grid](...) launches the
+    autotuned variant (CUDA only: autotuning under the interpreter would run every config at ~1 ms a step).
+    """
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self._jit: dict[bool, object] = {}
+        self._tuned: dict[tuple, object] = {}
+        functools.update_wrapper(self, fn)
+
+    def jit(self):
+        if not HAS_TRITON:
+            raise BackendUnavailable(f"triton failed to import ({TRITON_ERROR})")
+        mode = interpret_mode()
+        if mode:
+            _interpreter_numpy_compat()
+        if mode not in self._jit:
+            self._jit[mode] = triton.jit(self.fn)
+        return self._jit[mode]
+
+    def __getitem__(self, grid):
+        return self.jit()[grid]
+
+    def tuned(self, configs: Callable[[], list], key: list[str]):
+        """configs: a function returning triton.Config objects (built lazily, so no triton needed at import)."""
+        if (id(configs), tuple(key)) not in self._tuned:
+            self._tuned[(id(configs), tuple(key))] = triton.autotune(configs=configs(), key=key)(self.jit())
+        return self._tuned[(id(configs), tuple(key))]
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_numpy_compat() -> None:
+    """The Triton interpreter (3.x) turns a kernel's int arguments into 1-element numpy arrays and converts
+    them back with int(array), which numpy >= 2.4 refuses for arrays with ndim > 0: every `range(0, n, B)`
+    loop with a run-time bound then fails. Patch the interpreter's tensor.__index__ to take the single
+    element. Applied only when interpreting, and only on numpy versions that need it."""
+    import numpy as np
+
+    try:
+        int(np.array([1]))
+        return
+    except TypeError:
+        pass
+    from triton.runtime import interpreter as ti
+
+    original = getattr(ti, "_patch_lang_tensor", None)
+    if original is None:  # a triton whose interpreter changed shape: nothing we know how to fix
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    ti._patch_lang_tensor = patched
+    _log_once(logging.DEBUG, "patched the Triton interpreter's tensor.__index__ for numpy >= 2.4")
+
+
+def lazy_jit(fn: Callable) -> LazyKernel:
+    return LazyKernel(fn)
+
+
+def use_autotune(*tensors: torch.Tensor) -> bool:
+    """Autotune only for compiled kernels on CUDA tensors."""
+    return not interpret_mode() and all(t.is_cuda for t in tensors)
+
+
+def dot_modes(dtype: torch.dtype) -> dict:
+    """Meta-parameters for tl.dot: UPCAST loads to fp32 before the dot (the interpreter is wrong for bf16
+    dots); PREC is the fp32 dot precision ('ieee' exact, 'tf32' when torch allows TF32 matmuls)."""
+    if interpret_mode():
+        return dict(UPCAST=True, PREC="ieee")
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return dict(UPCAST=False, PREC="ieee")
+    return dict(UPCAST=False, PREC="tf32")  # 16-bit operands ignore it: tensor cores, fp32 accumulate
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_programs_target(t: torch.Tensor) -> int:
+    """About two waves of programs on the device; a handful under the interpreter (each program costs ~ms)."""
+    if t.is_cuda and not interpret_mode():
+        return 2 * _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device())
+    return 2
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def round_up(a: int, b: int) -> int:
+    return cdiv(a, b) * b
+
+
+def vocab_split(t: torch.Tensor, token_blocks: int, n_vocab: int, granule: int) -> tuple[int, int]:
+    """(SPLIT, ids_per_split) for kernels that stream a vocabulary: enough (token block, vocab slice)
+    programs to fill the device, each slice a multiple of `granule` ids (>= every config's BLOCK_V)."""
+    split = max(1, min(cdiv(num_programs_target(t), token_blocks), cdiv(n_vocab, granule)))
+    per_split = round_up(cdiv(n_vocab, split), granule)
+    return cdiv(n_vocab, per_split), per_split

@@ -1,0 +1,43 @@
+"""greenprune: structured pruning of Llama-family LLMs (vocabulary, layers, FFN channels, KV groups).
+
+Pure Python install. The optional CUDA extension in csrc/ is built only when GREENPRUNE_BUILD_CUDA=1 and a
+CUDA-enabled torch is present; a CPU-only install never fails for lack of CUDA.
+"""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "greenprune", "_version.py")) as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+setup(
+    name="greenprune",
+    version=VERSION,
+    description="Unified structured pruning (vocabulary, layers, FFN, KV groups) of Llama-family LLMs",
+    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["greenprune", "greenprune.*"]) + ["greenprune.kernels"],
+    package_dir={"greenprune.kernels": "kernels"},
+    install_requires=[
+        # torch is pinned by the Makefile (a CPU build); any recent torch works for users with a GPU.
+        "torch>=2.4",
+        "transformers==5.17.0",
+        "tokenizers>=0.22",
+        "safetensors>=0.4",
+        "gguf>=0.10",
+        "accelerate>=1.0",
+        "numpy",
+        "tqdm",
+        "rich",
+        "matplotlib",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "data": ["datasets>=3.0"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.0", "datasets>=3.0"],
+    },
+    entry_points={"console_scripts": ["greenprune=greenprune.cli:main"]},
+)

@@ -1,0 +1,119 @@
+"""Backend selection (dispatch.py), the GREENPRUNE_BACKEND switch, imports without triton, fake impls."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import greenprune.kernels as K
+from greenprune.kernels import dispatch, reference as ref
+
+OPS = ["channel_moments", "wanda_scores", "kl_divergence", "swiglu_ffn", "remapped_embedding",
+       "lm_head_argmax", "lm_head_topk"]
+
+
+def test_exports_keep_the_core_names():
+    for name in ["KLResult", "channel_moments", "kl_divergence", "ChannelStats", "backend_for", "swiglu_ffn",
+                 "remapped_embedding", "lm_head_argmax", "lm_head_topk"]:
+        assert hasattr(K, name), name
+    assert K.KLResult is ref.KLResult
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_auto_picks_triton_under_the_interpreter(op):
+    assert dispatch.backend_for(op, torch.zeros(3)) == "triton"
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_auto_falls_back_to_torch_on_cpu_without_the_interpreter(op, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert dispatch.backend_for(op, torch.zeros(3)) == "torch"
+
+
+def test_env_switch_forces_a_backend(monkeypatch):
+    x = torch.zeros(3)
+    monkeypatch.setenv("GREENPRUNE_BACKEND", "torch")
+    assert K.backend_for("kl_divergence", x) == "torch"
+    monkeypatch.setenv("GREENPRUNE_BACKEND", "TRITON")  # case-insensitive
+    assert K.backend_for("kl_divergence", x) == "triton"
+    monkeypatch.setenv("GREENPRUNE_BACKEND", "cuda")  # no extension is built yet
+    with pytest.raises(K.BackendUnavailable, match="CUDA extension"):
+        K.backend_for("kl_divergence", x)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setenv("GREENPRUNE_BACKEND", "triton")
+    with pytest.raises(K.BackendUnavailable, match="CUDA tensors"):
+        K.backend_for("kl_divergence", x)
+    monkeypatch.setenv("GREENPRUNE_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="GREENPRUNE_BACKEND"):
+        K.backend_for("kl_divergence", x)
+    monkeypatch.setenv("GREENPRUNE_BACKEND", "auto")
+    assert K.backend_for("kl_divergence", x) == "torch"
+
+
+def test_unknown_op():
+    with pytest.raises(KeyError):
+        K.backend_for("no_such_op")
+
+
+@pytest.mark.interpreter
+def test_public_ops_run_the_chosen_backend(monkeypatch, gen):
+    """The switch really changes which implementation runs (spies on the registry)."""
+    calls = []
+    for table, name in ((dispatch._TORCH, "torch"), (dispatch._TRITON, "triton")):
+        fn = table["channel_moments"]
+        monkeypatch.setitem(table, "channel_moments", lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
+    x = torch.randn(5, 48, generator=gen)
+    for backend in ("torch", "triton", "auto"):
+        monkeypatch.setenv("GREENPRUNE_BACKEND", backend)
+        K.channel_moments(x)
+    assert calls == ["torch", "triton", "triton"]
+
+
+def test_lazy_jit_follows_the_interpreter_switch(monkeypatch):
+    """Kernels are decorated at launch, per mode: a kernel first touched under the interpreter is an
+    interpreted function, and the compiled variant is created separately (never mixed up)."""
+    from greenprune.kernels.channel_stats import _channel_moments_kernel
+
+    assert type(_channel_moments_kernel.jit()).__name__ == "InterpretedFunction"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert type(_channel_moments_kernel.jit()).__name__ == "JITFunction"
+
+
+def test_import_without_triton_falls_back_to_torch():
+    """A broken or missing triton is logged and every op runs on torch; forcing triton says why it can't."""
+    code = (
+        "import sys, logging; sys.modules['triton'] = None\n"
+        "import os, torch; os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import greenprune.kernels as K\n"
+        "x = torch.randn(4, 8)\n"
+        "assert K.backend_for('channel_moments', x) == 'torch'\n"
+        "assert torch.allclose(K.channel_moments(x)[0], x.sum(0))\n"
+        "os.environ['GREENPRUNE_BACKEND'] = 'triton'\n"
+        "try:\n    K.channel_moments(x)\nexcept K.BackendUnavailable as e:\n    print('OK', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout and "triton failed to import" in out.stdout
+
+
+def test_fake_impls_give_the_right_shapes():
+    """Every custom op's fake (meta) impl, under FakeTensorMode: shapes and dtypes only, no kernel runs."""
+    ops = torch.ops.greenprune
+    with FakeTensorMode():
+        x = torch.empty(2, 7, 48)
+        s, q, a = ops.channel_moments(x, None)
+        assert s.shape == q.shape == a.shape == (48,) and s.dtype == torch.float32
+        assert ops.wanda_scores(torch.empty(37, 48), torch.empty(48), 16).shape == (3,)
+        kl = ops.kl_divergence(torch.empty(7, 48), torch.empty(131, 48), torch.empty(7, 48),
+                               torch.empty(53, 48), torch.empty(53, dtype=torch.long))
+        assert [t.shape for t in kl] == [(7,)] * 4
+        assert [t.dtype for t in kl] == [torch.float32, torch.float32, torch.int64, torch.int64]
+        y = ops.swiglu_ffn(torch.empty(3, 7, 48, dtype=torch.float16), torch.empty(90, 48), torch.empty(48, 45))
+        assert y.shape == (3, 7, 48) and y.dtype == torch.float16
+        e, kept = ops.remapped_embedding(torch.empty(3, 5, dtype=torch.long), torch.empty(131, dtype=torch.int32),
+                                         torch.empty(53, 48), 0)
+        assert e.shape == (3, 5, 48) and kept.shape == (3, 5) and kept.dtype == torch.int64
+        assert ops.lm_head_argmax(torch.empty(2, 7, 48), torch.empty(53, 48), None).shape == (2, 7)
+        v, i = ops.lm_head_topk(torch.empty(7, 48), torch.empty(53, 48), None, 5)
+        assert v.shape == i.shape == (7, 5) and v.dtype == torch.float32 and i.dtype == torch.int64
