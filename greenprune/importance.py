@@ -26,6 +26,8 @@ class LayerStats:
     cos_count: int = 0
     ffn_grad: Optional[torch.Tensor] = None  # per-channel gradient statistic (taylor / fisher), [F]
     attn_grad: Optional[torch.Tensor] = None  # per query-head-channel statistic, [heads * head_dim]
+    ffn_gram: Optional[torch.Tensor] = None  # sum over tokens of x x^T of the FFN intermediate, [F, F]
+    attn_gram: Optional[torch.Tensor] = None  # the same for the attention output, [C, C]
 
     @property
     def block_influence(self) -> float:
@@ -120,7 +122,43 @@ class OutputKL(Importance):
         return _group_sum(stats.attn_grad, shape)
 
 
-SCORERS = {cls.name: cls for cls in (Magnitude, WandaSP, Fluctuation, Taylor, OutputKL)}
+def greedy_removal_order(m: torch.Tensor) -> torch.Tensor:
+    """Scores from a greedy removal order under a quadratic cost: removing set R costs 1_R^T M 1_R.
+    Each step removes the unit whose removal adds least given those already removed; the score of a unit is
+    its step (removed last = most important)."""
+    n = m.shape[0]
+    m = m.double()
+    delta = m.diagonal().clone()
+    removed = torch.zeros(n, dtype=torch.bool)
+    score = torch.empty(n)
+    for step in range(n):
+        j = int(torch.where(removed, torch.inf, delta).argmin())
+        removed[j] = True
+        score[j] = step
+        delta += 2 * m[:, j]
+    return score
+
+
+class OutputError(Importance):
+    """The layer's output error with cross terms: removing channels R of W_down changes the FFN output
+    by sum_{j in R} x_j W[:, j], whose energy over calibration tokens is 1_R^T (G o W^T W) 1_R, G = X^T X.
+    Wanda-sp and FLAP keep only the diagonal; correlated channels can cancel, so the order is greedy."""
+
+    name = "output-error"
+    needs = "gram"
+
+    def ffn(self, layer, stats):
+        w = layer.mlp.down_proj.weight.float()
+        return greedy_removal_order(stats.ffn_gram * (w.T @ w))
+
+    def kv(self, layer, stats, shape):
+        w = layer.self_attn.o_proj.weight.float()
+        m = stats.attn_gram * (w.T @ w)
+        g, k = shape.num_key_value_heads, _group_size(shape)
+        return greedy_removal_order(m.view(g, k, g, k).sum((1, 3)))
+
+
+SCORERS = {cls.name: cls for cls in (Magnitude, WandaSP, Fluctuation, Taylor, OutputKL, OutputError)}
 
 
 def get_scorer(name: str) -> Importance:
@@ -129,22 +167,34 @@ def get_scorer(name: str) -> Importance:
     return SCORERS[name]()
 
 
+def _add_gram(acc: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    x2 = x.detach().reshape(-1, x.shape[-1]).float()
+    g = x2.T @ x2
+    return g if acc is None else acc.add_(g)
+
+
 def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
 @torch.no_grad()
-def collect_activation_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[LayerStats]:
-    """One forward pass over calibration blocks [N, L] with hooks on every decoder layer."""
+def collect_activation_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True,
+                             gram: bool = False) -> list[LayerStats]:
+    """One forward pass over calibration blocks [N, L] with hooks on every decoder layer
+    (gram: also the [C, C] second-moment matrices of the FFN intermediate and attention output)."""
     layers = model.model.layers
     stats = [LayerStats(ChannelStats(), ChannelStats()) for _ in layers]
     handles = []
     for st, layer in zip(stats, layers):
         def ffn_hook(mod, args, st=st):
             st.ffn.update(args[0])  # returns None: the input passes on unchanged
+            if gram:
+                st.ffn_gram = _add_gram(st.ffn_gram, args[0])
 
         def attn_hook(mod, args, st=st):
             st.attn.update(args[0])
+            if gram:
+                st.attn_gram = _add_gram(st.attn_gram, args[0])
 
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_hook))
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook))
@@ -232,8 +282,8 @@ class Scores:
 def score_model(model, blocks: torch.Tensor, scorer: Importance | str, progress: bool = True) -> Scores:
     scorer = get_scorer(scorer) if isinstance(scorer, str) else scorer
     shape = ModelShape.from_config(model.config)
-    stats = collect_activation_stats(model, blocks, progress=progress)
-    if scorer.needs:
+    stats = collect_activation_stats(model, blocks, progress=progress, gram=scorer.needs == "gram")
+    if scorer.needs in ("taylor", "fisher"):
         collect_gradient_stats(model, blocks, stats, scorer.needs, progress=progress)
     with torch.no_grad():
         ffn = [scorer.ffn(l, st).float().cpu() for l, st in zip(model.model.layers, stats)]

@@ -168,9 +168,10 @@ class LazyKernel:
 
     def tuned(self, configs: Callable[[], list], key: list[str]):
         """configs: a function returning triton.Config objects (built lazily, so no triton needed at import)."""
-        if (id(configs), tuple(key)) not in self._tuned:
-            self._tuned[(id(configs), tuple(key))] = triton.autotune(configs=configs(), key=key)(self.jit())
-        return self._tuned[(id(configs), tuple(key))]
+        cache_key = (interpret_mode(), configs, tuple(key))  # the function itself, not its id: no reuse
+        if cache_key not in self._tuned:
+            self._tuned[cache_key] = triton.autotune(configs=configs(), key=key)(self.jit())
+        return self._tuned[cache_key]
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,11 +212,12 @@ def use_autotune(*tensors: torch.Tensor) -> bool:
 
 def dot_modes(dtype: torch.dtype) -> dict:
     """Meta-parameters for tl.dot: UPCAST loads to fp32 before the dot (the interpreter is wrong for bf16
-    dots); PREC is the fp32 dot precision ('ieee' exact, 'tf32' when torch allows TF32 matmuls)."""
+    dots); PREC is the precision of fp32 dots: 'tf32' when torch allows TF32 matmuls, else 'tf32x3' (three
+    TF32 tensor-core products, about fp32 accuracy; 'ieee' FMA dots spill registers at these tile sizes)."""
     if interpret_mode():
         return dict(UPCAST=True, PREC="ieee")
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return dict(UPCAST=False, PREC="ieee")
+        return dict(UPCAST=False, PREC="tf32x3")
     return dict(UPCAST=False, PREC="tf32")  # 16-bit operands ignore it: tensor cores, fp32 accumulate
 
 
@@ -245,3 +247,34 @@ def vocab_split(t: torch.Tensor, token_blocks: int, n_vocab: int, granule: int) 
     split = max(1, min(cdiv(num_programs_target(t), token_blocks), cdiv(n_vocab, granule)))
     per_split = round_up(cdiv(n_vocab, split), granule)
     return cdiv(n_vocab, per_split), per_split
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_tma_allocator() -> None:
+    """Kernels that build TMA tensor descriptors on the device (tl.make_tensor_descriptor) need a little global
+    scratch per launch from triton's allocator: install a torch-backed one unless the process set its own."""
+    try:
+        from triton.runtime import _allocation
+
+        if _allocation._allocator.get() is not _allocation._NULL_ALLOCATOR:
+            return
+    except (ImportError, AttributeError):  # another triton layout: install ours
+        pass
+    triton.set_allocator(_torch_scratch)
+
+
+def tma_compatible(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors need a 16-byte aligned base, a unit last stride and 16-byte multiples for the others.
+    Kernels that use them fall back to the torch reference otherwise (logged once per op)."""
+    for t in tensors:
+        es = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * es) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def note_fallback(op: str, why: str) -> None:
+    _log_once(logging.INFO, f"greenprune '{op}': {why}; using the torch reference for this call")

@@ -11,7 +11,8 @@ so one pass keeps, per token, online log-sum-exp state (running max m, sum of ex
 dense ids, plus a_p = sum_k exp(ld_k - m_p) (ld_k - lq_k) rescaled with s_p, and running argmaxes.
 
 Kernel: program (token block, vocab split) loops over its kept ids in BLOCK_V blocks (dense rows gathered
-by kept_ids; pruned rows contiguous), two tl.dot accumulators over H, then over its share of the dropped
+by kept_ids; hidden states and pruned rows by TMA descriptors, so H must be a multiple of 8 for 16-bit inputs,
+else the torch reference runs), two tl.dot accumulators over H, then over its share of the dropped
 dense ids (lse only). Splitting the vocabulary keeps the device full when T is small; the [SPLIT, T]
 partial states merge in torch (exact log-sum-exp algebra). Extra memory: O(T x SPLIT + V) (+ the inputs).
 FLOPs: 2 T H (V + K), the minimum (each dense row is multiplied once, each pruned row once).
@@ -23,7 +24,8 @@ from typing import Optional
 import torch
 
 from . import reference as ref
-from .dispatch import call, cdiv, dot_modes, lazy_jit, register, round_up, tl, triton, use_autotune, vocab_split
+from .dispatch import (call, cdiv, dot_modes, ensure_tma_allocator, lazy_jit, note_fallback, register, round_up, tl,
+                       tma_compatible, triton, use_autotune, vocab_split)
 from .reference import KLResult
 
 _NSTAT = 9  # m_p, s_p, a_p, m_q, s_q, m_r, s_r, best_p, best_q
@@ -37,12 +39,18 @@ def _kl_divergence_kernel(
     BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid_t, pid_s, n_split = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
+    t0 = pid_t * BLOCK_T
+    offs_t = t0 + tl.arange(0, BLOCK_T)  # [BLOCK_T]
     tmask = offs_t < T
     offs_h = tl.arange(0, BLOCK_H)
     offs_v = tl.arange(0, BLOCK_V)
-    hd_rows = hd_ptr + offs_t.to(tl.int64)[:, None] * stride_hd  # [BLOCK_T, 1]
-    hp_rows = hp_ptr + offs_t.to(tl.int64)[:, None] * stride_hp
+    # contiguous operands through TMA descriptors (zeros past T, K and H); gathered dense rows by pointers
+    hd_desc = tl.make_tensor_descriptor(hd_ptr, shape=[T, H], strides=[stride_hd, 1], block_shape=[BLOCK_T, BLOCK_H])
+    hp_desc = tl.make_tensor_descriptor(hp_ptr, shape=[T, H], strides=[stride_hp, 1], block_shape=[BLOCK_T, BLOCK_H])
+    wp_desc = tl.make_tensor_descriptor(wp_ptr, shape=[K, H], strides=[stride_wp, 1], block_shape=[BLOCK_V, BLOCK_H])
+    if not HAS_IDS:  # same vocabulary: dense row k is contiguous too
+        wd_desc = tl.make_tensor_descriptor(wd_ptr, shape=[K, H], strides=[stride_wd, 1],
+                                            block_shape=[BLOCK_V, BLOCK_H])
     neg = float("-inf")
     m_p = tl.full([BLOCK_T], neg, tl.float32)
     s_p = tl.zeros([BLOCK_T], tl.float32)
@@ -61,21 +69,19 @@ def _kl_divergence_kernel(
         ids = k_lo + v0 + offs_v  # pruned ids [BLOCK_V]
         vmask = ids < k_hi
         if HAS_IDS:
-            rows_d = tl.load(kept_ptr + ids, mask=vmask, other=0).to(tl.int64)
-        else:
-            rows_d = ids.to(tl.int64)
-        wd_cols = wd_ptr + rows_d[None, :] * stride_wd  # [1, BLOCK_V]
-        wp_cols = wp_ptr + ids.to(tl.int64)[None, :] * stride_wp
+            rows_d = tl.load(kept_ptr + ids, mask=vmask, other=0)
+            wd_off = rows_d[None, :] * stride_wd  # [1, BLOCK_V] int32: the launcher checks V * H < 2^31
         acc_d = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
         acc_q = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
         for h0 in range(0, H, BLOCK_H):
-            hh = h0 + offs_h
-            xm = tmask[:, None] & (hh < H)[None, :]
-            wm = (hh < H)[:, None] & vmask[None, :]
-            xd = tl.load(hd_rows + hh[None, :], mask=xm, other=0.0)  # [BLOCK_T, BLOCK_H]
-            xp = tl.load(hp_rows + hh[None, :], mask=xm, other=0.0)
-            wd = tl.load(wd_cols + hh[:, None], mask=wm, other=0.0)  # [BLOCK_H, BLOCK_V]
-            wp = tl.load(wp_cols + hh[:, None], mask=wm, other=0.0)
+            xd = hd_desc.load([t0, h0])  # [BLOCK_T, BLOCK_H]
+            xp = hp_desc.load([t0, h0])
+            wp = wp_desc.load([k_lo + v0, h0]).T  # [BLOCK_H, BLOCK_V]
+            if HAS_IDS:
+                hh = h0 + offs_h
+                wd = tl.load(wd_ptr + (wd_off + hh[:, None]), mask=(hh < H)[:, None] & vmask[None, :], other=0.0)
+            else:
+                wd = wd_desc.load([k_lo + v0, h0]).T
             if UPCAST:
                 xd, xp, wd, wp = xd.to(tl.float32), xp.to(tl.float32), wd.to(tl.float32), wp.to(tl.float32)
             acc_d = tl.dot(xd, wd, acc_d, input_precision=PREC)
@@ -112,13 +118,12 @@ def _kl_divergence_kernel(
         for v0 in range(0, d_per_split, BLOCK_V):
             ids = d_lo + v0 + offs_v
             vmask = ids < d_hi
-            rows_d = tl.load(drop_ptr + ids, mask=vmask, other=0).to(tl.int64)
-            wd_cols = wd_ptr + rows_d[None, :] * stride_wd
+            wd_off = tl.load(drop_ptr + ids, mask=vmask, other=0)[None, :] * stride_wd  # [1, BLOCK_V] int32
             acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
             for h0 in range(0, H, BLOCK_H):
                 hh = h0 + offs_h
-                xd = tl.load(hd_rows + hh[None, :], mask=tmask[:, None] & (hh < H)[None, :], other=0.0)
-                wd = tl.load(wd_cols + hh[:, None], mask=(hh < H)[:, None] & vmask[None, :], other=0.0)
+                xd = hd_desc.load([t0, h0])
+                wd = tl.load(wd_ptr + (wd_off + hh[:, None]), mask=(hh < H)[:, None] & vmask[None, :], other=0.0)
                 if UPCAST:
                     xd, wd = xd.to(tl.float32), wd.to(tl.float32)
                 acc = tl.dot(xd, wd, acc, input_precision=PREC)
@@ -143,14 +148,16 @@ def _kl_divergence_kernel(
     tl.store(arg_ptr + step + pid_s * T + offs_t, arg_q, mask=tmask)
 
 
-def _kl_configs():  # two [BLOCK_T, BLOCK_V] fp32 accumulators per program: 8 warps for the 128 x 128 tiles
+def _kl_configs():
+    # Two fp32 accumulators plus the online-softmax temporaries per tile: 128 x 64 tiles (8 warps) stay within
+    # 255 registers with the gathered dense rows; 128 x 128 spills a little there but not without kept_ids.
     return [
         triton.Config({"BLOCK_T": bt, "BLOCK_V": bv, "BLOCK_H": bh}, num_warps=w, num_stages=s)
-        for bt, bv, bh, w, s in [(128, 128, 64, 8, 3), (128, 64, 64, 8, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]
+        for bt, bv, bh, w, s in [(128, 64, 64, 8, 3), (128, 64, 32, 8, 4), (64, 64, 64, 4, 4), (128, 128, 64, 8, 3)]
     ]
 
 
-_V_GRANULE = 256  # vocab splits are multiples of this (>= every config's BLOCK_V)
+_V_GRANULE = 128  # vocab splits are multiples of this (every config's BLOCK_V divides it)
 _INTERP_META = dict(BLOCK_T=16, BLOCK_V=32, BLOCK_H=32)  # tl.dot needs >= 16 per dim
 
 
@@ -188,6 +195,12 @@ def _launch_kl_divergence(h_dense, w_dense, h_pruned, w_pruned, kept_ids) -> KLR
         return ref.kl_divergence(h_dense, w_dense, h_pruned, w_pruned, kept_ids)
     dt = h_dense.dtype  # tl.dot wants both operands in one dtype
     hd, wd, hp, wp = (t.to(dt) if t.stride(-1) == 1 else t.to(dt).contiguous() for t in (h_dense, w_dense, h_pruned, w_pruned))
+    if wd.shape[0] * wd.stride(0) >= 2**31:  # gathered dense rows use int32 offsets
+        note_fallback("kl_divergence", "the dense head has 2^31 elements or more")
+        return ref.kl_divergence(h_dense, w_dense, h_pruned, w_pruned, kept_ids)
+    if not tma_compatible(hd, wd, hp, wp):
+        note_fallback("kl_divergence", "operands are not 16-byte aligned for TMA (H a multiple of 8 for 16-bit)")
+        return ref.kl_divergence(h_dense, w_dense, h_pruned, w_pruned, kept_ids)
     dev = hd.device
     if kept_ids is not None:
         kept = kept_ids.to(device=dev, dtype=torch.int32).contiguous()
@@ -209,6 +222,8 @@ def _launch_kl_divergence(h_dense, w_dense, h_pruned, w_pruned, kept_ids) -> KLR
     args = (hd, wd, hp, wp, kept, drop, stat, arg, T, H, K, D,
             hd.stride(0), wd.stride(0), hp.stride(0), wp.stride(0), k_per_split, d_per_split)
     meta = dict(HAS_IDS=kept_ids is not None, **dot_modes(dt))
+    if hd.is_cuda:
+        ensure_tma_allocator()
     if tuned:
         grid = lambda m: (cdiv(T, m["BLOCK_T"]), split)  # noqa: E731
         _kl_divergence_kernel.tuned(_kl_configs, key=["T", "H", "K", "D"])[grid](*args, **meta)

@@ -5,7 +5,8 @@ Op (one name across kernel, custom op, test and bench):
       = down(silu(x @ Wg.T) * (x @ Wu.T)),  w_gate_up = [Wg; Wu] (fuse_gate_up builds it once at load time)
 
 Kernel: one GEMM over the concatenated weight. A program owns a [BLOCK_M tokens, BLOCK_N channels] tile and
-keeps two fp32 accumulators, gate rows n and up rows F + n, sharing each loaded x tile; the epilogue writes
+keeps two fp32 accumulators, gate rows n and up rows F + n, sharing each loaded x tile (all tiles by TMA
+descriptors: H must be a multiple of 8 for 16-bit inputs, else the torch reference runs); the epilogue writes
 silu(g) * u once in the activation dtype. Eager torch instead writes g and u, reads them for silu, writes
 silu(g), reads both again for the product and writes it: 5 T F element round trips saved. The down projection
 is a plain GEMM and stays with cuBLAS (torch.nn.functional.linear), which is already at the ceiling.
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from . import reference as ref
-from .dispatch import call, cdiv, dot_modes, lazy_jit, register, tl, triton, use_autotune
+from .dispatch import (call, cdiv, dot_modes, ensure_tma_allocator, lazy_jit, note_fallback, register, tl, tma_compatible,
+                       triton, use_autotune)
 
 fuse_gate_up = ref.fuse_gate_up
 
@@ -38,27 +40,27 @@ def _swiglu_ffn_kernel(
     pid_m = first_m + (pid % per_group) % group_m
     pid_n = (pid % per_group) // group_m
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # tokens [BLOCK_M]
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # channels [BLOCK_N]
-    offs_k = tl.arange(0, BLOCK_K)
-    mmask = offs_m < T
-    nmask = offs_n < F
-    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_x  # [BLOCK_M, 1]
-    g_cols = w_ptr + offs_n.to(tl.int64)[None, :] * stride_w  # [1, BLOCK_N]
-    u_cols = w_ptr + (offs_n + F).to(tl.int64)[None, :] * stride_w
+    m0, n0 = pid_m * BLOCK_M, pid_n * BLOCK_N
+    # TMA descriptors: tiles arrive in shared memory without per-thread address registers; rows or columns
+    # past the end (T, F, H tails) read as zeros, so the loop needs no masks.
+    x_desc = tl.make_tensor_descriptor(x_ptr, shape=[T, H], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
+    g_desc = tl.make_tensor_descriptor(w_ptr, shape=[F, H], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
+    u_desc = tl.make_tensor_descriptor(w_ptr + F * stride_w, shape=[F, H], strides=[stride_w, 1],
+                                       block_shape=[BLOCK_N, BLOCK_K])
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, H, BLOCK_K):
-        kk = k0 + offs_k
-        kmask = kk < H
-        x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        wm = kmask[:, None] & nmask[None, :]
-        wg = tl.load(g_cols + kk[:, None], mask=wm, other=0.0)  # [BLOCK_K, BLOCK_N]
-        wu = tl.load(u_cols + kk[:, None], mask=wm, other=0.0)
+        x = x_desc.load([m0, k0])  # [BLOCK_M, BLOCK_K]
+        wg = g_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K]
+        wu = u_desc.load([n0, k0])
         if UPCAST:
             x, wg, wu = x.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
-        acc_g = tl.dot(x, wg, acc_g, input_precision=PREC)
-        acc_u = tl.dot(x, wu, acc_u, input_precision=PREC)
+        acc_g = tl.dot(x, wg.T, acc_g, input_precision=PREC)
+        acc_u = tl.dot(x, wu.T, acc_u, input_precision=PREC)
+    offs_m = m0 + tl.arange(0, BLOCK_M)  # tokens [BLOCK_M]
+    offs_n = n0 + tl.arange(0, BLOCK_N)  # channels [BLOCK_N]
+    mmask = offs_m < T
+    nmask = offs_n < F
     act = acc_g * tl.sigmoid(acc_g) * acc_u  # silu(g) * u in fp32
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_a + offs_n[None, :]
     tl.store(a_ptrs, act.to(a_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
@@ -86,6 +88,8 @@ def _launch_swiglu_act(x2: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tenso
         return a
     args = (x2, w_gate_up, a, T, Fdim, H, x2.stride(0), w_gate_up.stride(0), a.stride(0))
     meta = dot_modes(x2.dtype)
+    if x2.is_cuda:
+        ensure_tma_allocator()
     if use_autotune(x2, w_gate_up):
         grid = lambda m: (cdiv(T, m["BLOCK_M"]) * cdiv(Fdim, m["BLOCK_N"]),)  # noqa: E731
         _swiglu_ffn_kernel.tuned(_swiglu_configs, key=["T", "F", "H"])[grid](*args, **meta)
@@ -108,6 +112,9 @@ def _launch_swiglu_ffn(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.T
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
     wgu = w_gate_up.to(x.dtype)
     wgu = wgu if wgu.stride(-1) == 1 else wgu.contiguous()
+    if not tma_compatible(x2, wgu, wgu[wgu.shape[0] // 2 :]):
+        note_fallback("swiglu_ffn", "operands are not 16-byte aligned for TMA")
+        return ref.swiglu_ffn(x, w_gate_up.to(x.dtype), w_down.to(x.dtype))
     a = _launch_swiglu_act(x2, wgu)  # [T, F]
     return F.linear(a, w_down.to(x.dtype)).reshape(*x.shape[:-1], w_down.shape[0])
 

@@ -8,7 +8,7 @@ and, without a kernel of its own (a plain cuBLAS GEMM is already at the ceiling)
 -> [..., K] fp32 for sampling in kept space; map a sampled kept id back with to_original_ids.
 
 The LM-head kernels never write logits: a program (token block, vocab slice) streams its kept rows in
-BLOCK_V blocks through tl.dot and keeps a running argmax (or a running top-k, k small, by k rounds of
+BLOCK_V blocks (TMA descriptors: H a multiple of 8 for 16-bit inputs, else the torch reference) through tl.dot and keeps a running argmax (or a running top-k, k small, by k rounds of
 max-and-replace-the-minimum per block) in registers; the [SPLIT, T(, k)] partials merge in torch. Cost is
 proportional to K, so the speed-up over a full-vocabulary head approaches V / K.
 """
@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 
 from . import reference as ref
-from .dispatch import call, cdiv, dot_modes, lazy_jit, register, tl, triton, use_autotune, vocab_split
+from .dispatch import (call, cdiv, dot_modes, ensure_tma_allocator, lazy_jit, note_fallback, register, tl, tma_compatible,
+                       triton, use_autotune, vocab_split)
 
 compact_logits = ref.compact_logits
 remap_ids = ref.remap_ids
@@ -109,9 +110,9 @@ def _lm_head_argmax_kernel(
 ):
     pid_t, pid_s = tl.program_id(0), tl.program_id(1)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_h = tl.arange(0, BLOCK_H)
     tmask = offs_t < T
-    h_rows = h_ptr + offs_t.to(tl.int64)[:, None] * stride_h  # [BLOCK_T, 1]
+    h_desc = tl.make_tensor_descriptor(h_ptr, shape=[T, H], strides=[stride_h, 1], block_shape=[BLOCK_T, BLOCK_H])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, H], strides=[stride_w, 1], block_shape=[BLOCK_V, BLOCK_H])
     best = tl.full([BLOCK_T], float("-inf"), tl.float32)
     arg = tl.zeros([BLOCK_T], tl.int32)
     k_lo = pid_s * k_per_split
@@ -119,15 +120,13 @@ def _lm_head_argmax_kernel(
     for v0 in range(0, k_per_split, BLOCK_V):
         ids = k_lo + v0 + tl.arange(0, BLOCK_V)  # kept ids [BLOCK_V]
         vmask = ids < k_hi
-        w_cols = w_ptr + ids.to(tl.int64)[None, :] * stride_w
         acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
         for h0 in range(0, H, BLOCK_H):
-            hh = h0 + offs_h
-            x = tl.load(h_rows + hh[None, :], mask=tmask[:, None] & (hh < H)[None, :], other=0.0)
-            w = tl.load(w_cols + hh[:, None], mask=(hh < H)[:, None] & vmask[None, :], other=0.0)
+            x = h_desc.load([pid_t * BLOCK_T, h0])  # [BLOCK_T, BLOCK_H], zeros past T and H
+            w = w_desc.load([k_lo + v0, h0])  # [BLOCK_V, BLOCK_H], zeros past K
             if UPCAST:
                 x, w = x.to(tl.float32), w.to(tl.float32)
-            acc = tl.dot(x, w, acc, input_precision=PREC)
+            acc = tl.dot(x, w.T, acc, input_precision=PREC)
         logits = tl.where(vmask[None, :], acc, float("-inf"))  # [BLOCK_T, BLOCK_V]
         tmax = tl.max(logits, axis=1)
         up = tmax > best  # strict: the earliest id wins ties
@@ -146,11 +145,11 @@ def _lm_head_topk_kernel(
 ):
     pid_t, pid_s = tl.program_id(0), tl.program_id(1)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_h = tl.arange(0, BLOCK_H)
     offs_v = tl.arange(0, BLOCK_V)
     slots = tl.arange(0, KP)  # KP = next power of two >= TOPK; slots >= TOPK hold +inf, never replaced
     tmask = offs_t < T
-    h_rows = h_ptr + offs_t.to(tl.int64)[:, None] * stride_h
+    h_desc = tl.make_tensor_descriptor(h_ptr, shape=[T, H], strides=[stride_h, 1], block_shape=[BLOCK_T, BLOCK_H])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, H], strides=[stride_w, 1], block_shape=[BLOCK_V, BLOCK_H])
     run_v = tl.where(slots[None, :] < TOPK, tl.full([BLOCK_T, KP], float("-inf"), tl.float32), float("inf"))
     run_i = tl.zeros([BLOCK_T, KP], tl.int32)
     k_lo = pid_s * k_per_split
@@ -158,15 +157,13 @@ def _lm_head_topk_kernel(
     for v0 in range(0, k_per_split, BLOCK_V):
         ids = k_lo + v0 + offs_v
         vmask = ids < k_hi
-        w_cols = w_ptr + ids.to(tl.int64)[None, :] * stride_w
         acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
         for h0 in range(0, H, BLOCK_H):
-            hh = h0 + offs_h
-            x = tl.load(h_rows + hh[None, :], mask=tmask[:, None] & (hh < H)[None, :], other=0.0)
-            w = tl.load(w_cols + hh[:, None], mask=(hh < H)[:, None] & vmask[None, :], other=0.0)
+            x = h_desc.load([pid_t * BLOCK_T, h0])
+            w = w_desc.load([k_lo + v0, h0])
             if UPCAST:
                 x, w = x.to(tl.float32), w.to(tl.float32)
-            acc = tl.dot(x, w, acc, input_precision=PREC)
+            acc = tl.dot(x, w.T, acc, input_precision=PREC)
         logits = tl.where(vmask[None, :], acc, float("-inf"))  # [BLOCK_T, BLOCK_V]
         for _ in tl.static_range(TOPK):  # move the block's best into the running list's worst slot, k times
             cmax = tl.max(logits, axis=1)
@@ -190,7 +187,7 @@ def _head_configs():  # BLOCK_T 16 for decode (weight-read bound), 128 for prefi
     ]
 
 
-_V_GRANULE = 256
+_V_GRANULE = 128  # vocab splits are multiples of this (every config's BLOCK_V divides it)
 _INTERP_META = dict(BLOCK_T=16, BLOCK_V=32, BLOCK_H=32)
 
 
@@ -198,11 +195,20 @@ def _launch_head(kernel, h: torch.Tensor, w_kept: torch.Tensor, outs: list, k_pe
     T, H = h.shape
     args = (h, w_kept, *outs, T, H, w_kept.shape[0], h.stride(0), w_kept.stride(0), k_per_split)
     meta.update(dot_modes(h.dtype))
+    if h.is_cuda:
+        ensure_tma_allocator()
     if use_autotune(h, w_kept):
         grid = lambda m: (cdiv(T, m["BLOCK_T"]), split)  # noqa: E731
         kernel.tuned(_head_configs, key=["T", "H", "K"])[grid](*args, **meta)
     else:
         kernel[(cdiv(T, _INTERP_META["BLOCK_T"]), split)](*args, **meta, **_INTERP_META)
+
+
+def _tma_ok(op: str, *tensors: torch.Tensor) -> bool:
+    if tma_compatible(*tensors):
+        return True
+    note_fallback(op, "operands are not 16-byte aligned for TMA (H must be a multiple of 8 for 16-bit inputs)")
+    return False
 
 
 def _prepare_head(h: torch.Tensor, w_kept: torch.Tensor):
@@ -221,7 +227,7 @@ def _prepare_head(h: torch.Tensor, w_kept: torch.Tensor):
 def _launch_lm_head_argmax(h, w_kept, kept_ids):
     h2, w, split, per_split = _prepare_head(h, w_kept)
     T = h2.shape[0]
-    if T == 0 or w.shape[0] == 0:
+    if T == 0 or w.shape[0] == 0 or not _tma_ok("lm_head_argmax", h2, w):
         return ref.lm_head_argmax(h, w_kept, kept_ids)
     best = torch.empty(split, T, device=h2.device, dtype=torch.float32)  # [S, T]
     arg = torch.empty(split, T, device=h2.device, dtype=torch.int32)
@@ -235,7 +241,7 @@ def _launch_lm_head_topk(h, w_kept, kept_ids, k: int):
         raise ValueError(f"k={k} must be in [1, {w_kept.shape[0]}] (the kept vocabulary)")
     h2, w, split, per_split = _prepare_head(h, w_kept)
     T = h2.shape[0]
-    if T == 0 or k > _MAX_TOPK:
+    if T == 0 or k > _MAX_TOPK or not _tma_ok("lm_head_topk", h2, w):
         return ref.lm_head_topk(h, w_kept, kept_ids, k)
     val = torch.empty(split, T, k, device=h2.device, dtype=torch.float32)  # [S, T, k] per-split top-k
     idx = torch.empty(split, T, k, device=h2.device, dtype=torch.int32)

@@ -1,20 +1,24 @@
 """Test setup for greenprune.kernels: the Triton kernels run under the Triton interpreter on the CPU.
 
-TRITON_INTERPRET, and when it must be set
-  * greenprune's own kernels are decorated lazily at their first launch (dispatch.LazyKernel, one variant per
-    mode), so for them the variable only has to be set while a test runs: the autouse fixture below does it.
-  * Triton's standard library (tl.sum, tl.max, tl.zeros, ...) is decorated when triton is first imported, as
-    interpreted or compiled functions according to TRITON_INTERPRET at that moment, for the whole process.
-    So the variable must be set before anything imports triton (importing a transformers model class does).
-    This module sets it at its top, before any import of triton. pytest loads it before importing any test
-    module of tests/ whose name sorts after "kernels" (all tests/test_*.py files). If a root tests/conftest.py,
-    a plugin or a folder sorting before tests/kernels imports triton first, the interpreter tests skip with that
-    reason; the fix is a root tests/conftest.py whose first lines set it (see the report with these files).
-  * The variable is set only when neither the environment nor the machine says otherwise: with a GPU, the
-    session runs the compiled kernels (tests marked `cuda`) and skips the interpreter tests, since one process
-    cannot mix the two modes (run `TRITON_INTERPRET=1 pytest tests/kernels` there for the interpreter tests).
-  * After collection the previous value is restored, so the core tests of a `pytest tests` run do not send
-    their CPU calls through the (slow) interpreter; the fixture sets it again for each interpreter test here.
+When TRITON_INTERPRET must be set
+  * greenprune's kernels are decorated lazily at their first launch (dispatch.LazyKernel, one variant per
+    mode), so for them the variable only has to be set while a test runs: the autouse fixture does that.
+  * Triton's own standard library (tl.sum, tl.max, tl.zeros, ...) is decorated when triton is first imported,
+    interpreted or compiled according to TRITON_INTERPRET at that moment, for the whole process. So it must
+    be set before anything imports triton (importing a transformers model class does). This module sets it
+    at its top, before importing anything that imports triton; pytest loads it before any test module under
+    tests/ whose name sorts after "kernels" (all tests/test_*.py). If a root tests/conftest.py, a plugin or a
+    folder sorting earlier imports triton first, the interpreter tests fail, saying so. The fix then is a
+    root tests/conftest.py that starts with:
+        import os, torch
+        if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = os.environ["GREENPRUNE_TRITON_INTERPRET_SET"] = "1"
+  * It is set only where neither the environment nor the machine says otherwise: on a GPU machine the session
+    runs the compiled kernels (tests marked `cuda`) and skips the interpreter tests, since one process cannot
+    mix both modes (`TRITON_INTERPRET=1 pytest tests/kernels` runs the interpreter tests there).
+  * After collection the variable is restored (unset, if this file or the root conftest above set it), so the
+    core tests of a `pytest tests` run do not send their CPU calls through the slow interpreter; the fixture
+    sets it again around each kernels test.
 
 Inputs are random but reproducible: each test seeds its own generator from its node id (set
 GREENPRUNE_TEST_SEED to draw fresh inputs). Test files are named test_kernels_*.py: the tests/ folders have no
@@ -24,23 +28,22 @@ import os
 import sys
 import zlib
 
-_PREVIOUS = os.environ.get("TRITON_INTERPRET")
-_TRITON_WAS_IMPORTED = "triton" in sys.modules
-if _PREVIOUS is None:
-    import torch  # torch does not import triton
+import torch  # torch alone does not import triton
 
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"
+_TRITON_WAS_IMPORTED = "triton" in sys.modules
+_SET_BY_ROOT = os.environ.get("GREENPRUNE_TRITON_INTERPRET_SET") == "1"
+_PREVIOUS = None if _SET_BY_ROOT else os.environ.get("TRITON_INTERPRET")
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 INTERPRET_SESSION = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 def _interpreter_problem():
     """None when Triton kernels can run interpreted in this process, else why not."""
     if not INTERPRET_SESSION:
-        return "a GPU session runs the compiled kernels; set TRITON_INTERPRET=1 to run the interpreter tests"
+        return "TRITON_INTERPRET is not 1 in this session (a GPU session runs the compiled kernels instead)"
     try:
         import triton.language as tl
     except Exception as exc:  # noqa: BLE001
@@ -48,7 +51,7 @@ def _interpreter_problem():
     if type(tl.sum).__name__ != "InterpretedFunction":
         return ("triton was imported before TRITON_INTERPRET=1 was set"
                 + (" (before tests/kernels/conftest.py loaded)" if _TRITON_WAS_IMPORTED else "")
-                + ": set it at the top of a root tests/conftest.py or in the environment")
+                + ": set it at the top of a root tests/conftest.py (see tests/kernels/conftest.py)")
     return None
 
 
@@ -58,6 +61,18 @@ def _cuda_problem():
     if INTERPRET_SESSION:
         return "TRITON_INTERPRET=1 session: the compiled kernels run only in a session without it"
     return None
+
+
+_ROOT_CONFTEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py")
+
+
+def pytest_plugin_registered(plugin, manager):
+    """Conftest files outside packages share the module name `conftest`, and pytest leaves the one loaded last
+    in sys.modules: loading this file would make the core tests' `from conftest import tiny_model` find it
+    instead of tests/conftest.py. This (historic) hook is replayed for every plugin registered so far as soon
+    as this file is, so it points the name back at tests/conftest.py."""
+    if os.path.abspath(getattr(plugin, "__file__", None) or "") == _ROOT_CONFTEST:
+        sys.modules["conftest"] = plugin
 
 
 def pytest_configure(config):
@@ -83,6 +98,8 @@ def _triton_mode(request, monkeypatch):
         return
     if request.node.get_closest_marker("interpreter"):
         problem = _interpreter_problem()
+        if problem and INTERPRET_SESSION:  # a mis-ordered session must not pass silently
+            pytest.fail(problem, pytrace=False)
         if problem:
             pytest.skip(problem)
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -116,7 +116,7 @@ def test_channel_ops_cuda(shape, dtype, mark, gen):
     _check_moments(x)
     _check_moments(x, torch.randn(shape[-1], generator=gen).cuda())
     w, l2 = x.reshape(-1, shape[-1]), torch.rand(shape[-1], generator=gen).cuda()
-    torch.testing.assert_close(wanda_scores(w, l2), ref.wanda_scores(w, l2), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(wanda_scores(w, l2), ref.wanda_scores(w, l2), rtol=1e-4, atol=1e-3)
     st = ChannelStats()
     for c in x.reshape(-1, shape[-1]).split(3):
         st.update(c)

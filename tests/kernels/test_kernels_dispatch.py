@@ -117,3 +117,56 @@ def test_fake_impls_give_the_right_shapes():
         assert ops.lm_head_argmax(torch.empty(2, 7, 48), torch.empty(53, 48), None).shape == (2, 7)
         v, i = ops.lm_head_topk(torch.empty(7, 48), torch.empty(53, 48), None, 5)
         assert v.shape == i.shape == (7, 5) and v.dtype == torch.float32 and i.dtype == torch.int64
+
+
+@pytest.mark.interpreter
+def test_unaligned_operands_fall_back_to_torch(gen, caplog):
+    """TMA needs 16-byte row strides: fp16 with H = 45 (90-byte rows) runs the torch reference inside the op,
+    with the same results, and says so once in the log."""
+    h = 2 * torch.linalg.qr(torch.randn(45, 7, generator=gen, dtype=torch.float64))[0].T  # [7, 45] orthogonal
+    w = 0.1 * torch.randn(53, 45, generator=gen, dtype=torch.float64)
+    w[:7] += 3 * h  # token t's winner is row t
+    h, w = h.half(), w.half()
+    dispatch._log_once.cache_clear()  # the note is logged once per process
+    with caplog.at_level("INFO", logger="greenprune.kernels"):
+        assert K.lm_head_argmax(h, w).tolist() == list(range(7))
+        y = K.swiglu_ffn(h, torch.cat([w[:20], w[20:40]]), w[:20].T.contiguous())
+        torch.testing.assert_close(y, ref.swiglu_ffn(h, torch.cat([w[:20], w[20:40]]), w[:20].T.contiguous()))
+        kl = K.kl_divergence(h, w, h, w[:40], torch.arange(40))
+        assert kl.argmax_dense.tolist() == list(range(7))
+    assert "16-byte aligned" in caplog.text
+
+
+@pytest.mark.interpreter
+def test_autotuned_launch_path(monkeypatch, gen):
+    """The CUDA launch path (triton.autotune, grids from META, the granules of the GPU splits) run under the
+    interpreter with one small config per kernel, so its plumbing is checked without a GPU."""
+    import triton
+
+    from greenprune.kernels import channel_stats, kl, swiglu, vocab
+
+    for mod in (channel_stats, kl, swiglu, vocab):
+        monkeypatch.setattr(mod, "use_autotune", lambda *t: True)
+    one = lambda **kw: (lambda: [triton.Config(kw, num_warps=4, num_stages=2)])  # noqa: E731
+    monkeypatch.setattr(channel_stats, "_reduce_configs", one(BLOCK_N=16, BLOCK_C=32))
+    monkeypatch.setattr(kl, "_kl_configs", one(BLOCK_T=16, BLOCK_V=32, BLOCK_H=32))
+    monkeypatch.setattr(swiglu, "_swiglu_configs", one(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2))
+    monkeypatch.setattr(vocab, "_head_configs", one(BLOCK_T=16, BLOCK_V=32, BLOCK_H=32))
+
+    x = torch.randn(70, 48, generator=gen)
+    for got, want in zip(K.channel_moments(x), ref.channel_moments(x)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    l2 = torch.rand(48, generator=gen)
+    torch.testing.assert_close(K.wanda_scores(x, l2, 16), ref.wanda_scores(x, l2, 16), rtol=1e-5, atol=1e-4)
+    h, w = torch.randn(7, 48, generator=gen), torch.randn(300, 48, generator=gen)
+    kept = torch.randperm(300, generator=gen)[:170]
+    got, want = K.kl_divergence(h, w, h, w[kept] + 0.1, kept), ref.kl_divergence(h, w, h, w[kept] + 0.1, kept)
+    torch.testing.assert_close(got.kl, want.kl, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.dropped_mass, want.dropped_mass, rtol=1e-4, atol=1e-4)
+    wgu, wd = torch.randn(90, 48, generator=gen) / 7, torch.randn(48, 45, generator=gen) / 7
+    torch.testing.assert_close(K.swiglu_ffn(h, wgu, wd), ref.swiglu_ffn(h, wgu, wd), rtol=1e-5, atol=1e-5)
+    vals, _ = K.lm_head_topk(h, w[kept], kept, 3)
+    torch.testing.assert_close(vals, ref.lm_head_topk(h, w[kept], kept, 3)[0], rtol=1e-5, atol=1e-4)
+    logits = h @ w.T  # random logits, no margin: the chosen id's logit must be the maximum (to rounding)
+    picked = logits.gather(1, K.lm_head_argmax(h, w[kept], kept)[:, None])[:, 0]
+    torch.testing.assert_close(picked, logits[:, kept].amax(1), rtol=0, atol=1e-5)

@@ -1,0 +1,39 @@
+"""channel_moments and wanda_scores: one read of the input, bandwidth-bound. Floor: bytes / copy bandwidth.
+
+channel_moments(x[N, C] bf16): N C 2 bytes read (+ 12 C written); target >= 85% of the copy ceiling (GB/s).
+wanda_scores(W[O, C] bf16): O C 2 bytes read; same target.
+"""
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
+
+from greenprune.kernels import reference as ref  # noqa: E402
+
+IMPLS = ["triton", "eager", "compile"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("N,C", [(4096, 4096), (16384, 4096), (16384, 14336)], ids=lambda v: str(v))
+def bench_channel_moments(benchmark, measure, compiled, impl, N, C):
+    benchmark.group = f"channel_moments N={N} C={C}"
+    x = torch.randn(N, C, device="cuda", dtype=torch.bfloat16)
+    fns = {"triton": lambda: torch.ops.greenprune.channel_moments(x, None),
+           "eager": lambda: ref.channel_moments(x),
+           "compile": lambda c=compiled(ref.channel_moments): c(x)}
+    eager = fns["eager"] if impl == "triton" else None
+    measure(fns[impl], bytes=N * C * 2 + 12 * C, baseline=eager, impl=impl, target_frac_of_copy_bw=0.85)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("O,C", [(4096, 14336), (8192, 28672)], ids=lambda v: str(v))
+def bench_wanda_scores(benchmark, measure, compiled, impl, O, C):
+    benchmark.group = f"wanda_scores O={O} C={C}"
+    w = torch.randn(O, C, device="cuda", dtype=torch.bfloat16)
+    l2 = torch.rand(C, device="cuda")
+    fns = {"triton": lambda: torch.ops.greenprune.wanda_scores(w, l2, 1),
+           "eager": lambda: ref.wanda_scores(w, l2, 1),
+           "compile": lambda c=compiled(ref.wanda_scores): c(w, l2, 1)}
+    eager = fns["eager"] if impl == "triton" else None
+    measure(fns[impl], bytes=O * C * 2 + 8 * C, baseline=eager, impl=impl, target_frac_of_copy_bw=0.85)

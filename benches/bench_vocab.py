@@ -1,0 +1,66 @@
+"""Serving a pruned vocabulary: LM head argmax / top-k over kept rows, remapped embedding gather.
+
+lm_head_argmax / lm_head_topk: FLOPs 2 T H K, bytes 2 K H + 2 T H. Decode (T small) is bound by reading the
+kept head once (2 K H bytes / copy bandwidth); prefill by the GEMM. Against the full head (eager_full: the
+unpruned model's logits + argmax over V) the target speed-up is close to V / K (speedup_vs_baseline).
+remapped_embedding: bytes 2 N H written + 2 N H read (+ ids): bandwidth-bound, target >= 85% of copy.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
+
+from greenprune.kernels import build_id_map, reference as ref  # noqa: E402
+
+HEADS = [(1, 4096, 128256, 42752), (64, 4096, 128256, 42752), (4096, 4096, 128256, 42752), (1, 4096, 32000, 10667),
+         (4096, 4096, 32000, 10667)]
+
+
+def _head(T, H, V, K):
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    h, w_full = torch.randn(T, H, **bf), torch.randn(V, H, **bf) / H**0.5
+    kept = torch.randperm(V, device="cuda")[:K].sort().values
+    return h, w_full, w_full[kept].contiguous(), kept
+
+
+@pytest.mark.parametrize("impl", ["triton", "eager_kept", "eager_full", "compile_kept"])
+@pytest.mark.parametrize("T,H,V,K", HEADS, ids=lambda v: str(v))
+def bench_lm_head_argmax(benchmark, measure, compiled, impl, T, H, V, K):
+    benchmark.group = f"lm_head_argmax T={T} H={H} V={V} K={K}"
+    h, w_full, w_kept, kept = _head(T, H, V, K)
+    fns = {"triton": lambda: torch.ops.greenprune.lm_head_argmax(h, w_kept, kept),
+           "eager_kept": lambda: ref.lm_head_argmax(h, w_kept, kept),
+           "eager_full": lambda: F.linear(h, w_full).argmax(-1),
+           "compile_kept": lambda c=compiled(ref.lm_head_argmax): c(h, w_kept, kept)}
+    full = fns["eager_full"] if impl == "triton" else None
+    measure(fns[impl], flops=2 * T * H * K, bytes=2 * K * H + 2 * T * H, baseline=full, impl=impl,
+            target_speedup_vs_full=V / K)
+
+
+@pytest.mark.parametrize("impl", ["triton", "eager_kept", "eager_full"])
+@pytest.mark.parametrize("T,H,V,K", HEADS[:2], ids=lambda v: str(v))
+def bench_lm_head_topk(benchmark, measure, impl, T, H, V, K, k=8):
+    benchmark.group = f"lm_head_topk k={k} T={T} H={H} V={V} K={K}"
+    h, w_full, w_kept, kept = _head(T, H, V, K)
+    fns = {"triton": lambda: torch.ops.greenprune.lm_head_topk(h, w_kept, kept, k),
+           "eager_kept": lambda: ref.lm_head_topk(h, w_kept, kept, k),
+           "eager_full": lambda: F.linear(h, w_full).topk(k, -1)}
+    full = fns["eager_full"] if impl == "triton" else None
+    measure(fns[impl], flops=2 * T * H * K, bytes=2 * K * H + 2 * T * H, baseline=full, impl=impl,
+            target_speedup_vs_full=V / K)
+
+
+@pytest.mark.parametrize("impl", ["triton", "eager"])
+@pytest.mark.parametrize("N,H,V,K", [(16384, 4096, 128256, 42752), (16384, 8192, 128256, 42752)], ids=lambda v: str(v))
+def bench_remapped_embedding(benchmark, measure, impl, N, H, V, K):
+    benchmark.group = f"remapped_embedding N={N} H={H} K={K}"
+    w = torch.randn(K, H, device="cuda", dtype=torch.bfloat16)
+    kept = torch.randperm(V, device="cuda")[:K]
+    id_map = build_id_map(kept, V)
+    ids = kept[torch.randint(0, K, (N,), device="cuda")]
+    fns = {"triton": lambda: torch.ops.greenprune.remapped_embedding(ids, id_map, w, 0),
+           "eager": lambda: ref.remapped_embedding(ids, id_map, w, 0)}
+    eager = fns["eager"] if impl == "triton" else None
+    measure(fns[impl], bytes=4 * N * H + 16 * N, baseline=eager, impl=impl, target_frac_of_copy_bw=0.85)

@@ -1,0 +1,133 @@
+"""Shared benchmark machinery: measured ceilings, device timing, and run metadata in the benchmark JSON.
+
+Method (see README.md): count the floor first (fewest bytes through device memory, FLOPs), measure the two
+ceilings once per session on the machine itself (a 1 GiB device-to-device copy, counting bytes read plus
+written; an 8192^3 bf16 cuBLAS GEMM), then time each op with CUDA events (median over repeats, L2 flushed
+between repeats so memory-bound ops are not timed out of cache) and record achieved GB/s or TFLOP/s and the
+fraction of the ceiling in `benchmark.extra_info`. pytest-benchmark's own wall-clock stats (synchronised
+calls) are kept alongside. Run: `pytest benches --benchmark-json=benches/results/<name>.json` (GPU only).
+"""
+from __future__ import annotations
+
+import datetime
+import statistics
+from typing import Callable, Optional
+
+import pytest
+import torch
+
+CEILINGS: dict = {}  # filled once per session by the `ceilings` fixture, written into the JSON
+
+
+def run_info() -> dict:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception as exc:  # noqa: BLE001
+        info["triton"] = f"unavailable ({type(exc).__name__})"
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(gpu=p.name, sm_count=p.multi_processor_count, gpu_memory_GiB=round(p.total_memory / 2**30, 1))
+    return info
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["greenprune"] = run_info()
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["greenprune"] = {**run_info(), "ceilings": dict(CEILINGS)}
+
+
+_FLUSH: dict = {}
+
+
+def device_ms(fn: Callable, reps: int = 25, flush: bool = True) -> float:
+    """Median device time of fn() in ms, by CUDA events, after warm-up (compilation, autotuning)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    if flush and "buf" not in _FLUSH:
+        _FLUSH["buf"] = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")  # > L2 (50 MB on H100)
+    times = []
+    for _ in range(reps):
+        if flush:
+            _FLUSH["buf"].zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@pytest.fixture(scope="session")
+def ceilings() -> dict:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if not CEILINGS:
+        n = 2**30  # bytes
+        src = torch.randint(-128, 127, (n,), dtype=torch.int8, device="cuda")  # random: never time zeros
+        dst = torch.empty_like(src)
+        ms = device_ms(lambda: dst.copy_(src), flush=False)
+        CEILINGS["copy_GBps"] = 2 * n / ms / 1e6  # bytes read + written
+        del src, dst
+        a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        ms = device_ms(lambda: a @ b, flush=False)
+        CEILINGS["gemm_bf16_TFLOPs"] = 2 * 8192**3 / ms / 1e9
+        torch.cuda.empty_cache()
+    return CEILINGS
+
+
+@pytest.fixture
+def measure(benchmark, ceilings):
+    """measure(fn, bytes=..., flops=..., baseline=fn0): time fn, record rates, fractions and speed-up."""
+
+    def run(fn: Callable, *, bytes: Optional[float] = None, flops: Optional[float] = None,
+            baseline: Optional[Callable] = None, **extra) -> float:
+        ms = device_ms(fn)
+        info = {"device_ms": round(ms, 4), **extra}
+        if bytes is not None:
+            info["GBps"] = bytes / ms / 1e6
+            info["frac_of_copy_bw"] = info["GBps"] / ceilings["copy_GBps"]
+        if flops is not None:
+            info["TFLOPs"] = flops / ms / 1e9
+            info["frac_of_cublas_bf16"] = info["TFLOPs"] / ceilings["gemm_bf16_TFLOPs"]
+        if baseline is not None:
+            info["speedup_vs_baseline"] = device_ms(baseline) / ms
+        info["ceilings"] = dict(ceilings)
+        benchmark.extra_info.update(info)
+
+        def synced():
+            fn()
+            torch.cuda.synchronize()
+
+        benchmark.pedantic(synced, rounds=10, warmup_rounds=1, iterations=1)
+        return ms
+
+    return run
+
+
+@pytest.fixture
+def compiled() -> Callable:
+    """compiled(fn): torch.compile(fn), skipping the bench (with the reason) if compilation fails here."""
+
+    def wrap(fn: Callable) -> Callable:
+        cfn = torch.compile(fn)
+
+        def call(*args, **kwargs):
+            try:
+                return cfn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                pytest.skip(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+        return call
+
+    return wrap

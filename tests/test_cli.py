@@ -1,0 +1,87 @@
+"""The command line end to end on a tiny model (real tokenizer, real files), and its bad-input errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from greenprune.cli import main
+
+FAST = ["--calib-tokens", "256", "--eval-tokens", "256", "--seq-len", "64", "--nextline-samples", "2",
+        "--eval-data", "pypkg:json", "--no-progress"]
+
+
+def run_cli(*args):
+    """The installed console entry point in a subprocess: exit code, stdout, stderr."""
+    p = subprocess.run([sys.executable, "-m", "greenprune.cli", *args], capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("method", ["unified", "uniform"])
+def test_prune_end_to_end_writes_a_loadable_model_and_report(tmp_path, tiny_dir, method):
+    out = tmp_path / "pruned"
+    rc = main(["prune", "--model", str(tiny_dir), "--ratio", "0.3", "--align", "16", "--method", method,
+               "--kl-tokens", "128", "--out", str(out), *FAST])
+    assert rc == 0
+    rep = json.loads((out / "greenprune_report.json").read_text())
+    for path in (("params", "dense"), ("params", "pruned"), ("plan",), ("eval", "dense", "bpb"), ("eval", "pruned", "bpb"),
+                 ("eval", "pruned", "kl"), ("eval", "pruned", "top1_agreement"), ("timings_s",)):
+        d = rep
+        for k in path:
+            d = d[k]
+    assert rep["params"]["pruned"] <= 0.7 * rep["params"]["dense"]
+    m = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert sum(p.numel() for p in m.parameters()) == rep["params"]["pruned"]
+    assert len(tok) == m.config.vocab_size == rep["plan"]["summary"]["vocab_size"]
+    ids = tok("def f(x):\n    return x\n", return_tensors="pt").input_ids
+    assert ids.max() < m.config.vocab_size
+    # the same plan applied again through --plan gives the same weights
+    out2 = tmp_path / "again"
+    assert main(["prune", "--model", str(tiny_dir), "--plan", str(out / "plan.json"), "--out", str(out2), "--no-eval", *FAST]) == 0
+    m2 = AutoModelForCausalLM.from_pretrained(out2)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_eval_subcommand_against_reference(tmp_path, tiny_dir):
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tiny_dir), "--ratio", "0.25", "--align", "16", "--method", "uniform", "--vocab",
+                 "--out", str(out), "--no-eval", *FAST]) == 0
+    res_file = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--reference", str(tiny_dir), "--out", str(res_file), *FAST]) == 0
+    res = json.loads(res_file.read_text())
+    assert res["pruned"]["kl"] >= 0 and 0 <= res["pruned"]["top1_agreement"] <= 1
+    assert res["params"]["pruned"] < res["params"]["dense"]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--model", "./does/not/exist"], "model path not found"),
+    (["--ratio", "1.5"], "--ratio must be in (0, 1)"),
+    (["--ratio", "0"], "--ratio must be in (0, 1)"),
+    (["--ratio", "0.95", "--method", "uniform"], "unreachable"),
+    (["--data", "EMPTY"], "empty"),
+    (["--plan", "NOPLAN"], "plan file not found"),
+])
+def test_bad_input_is_one_clear_line_and_nothing_written(tmp_path, tiny_dir, args, msg):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    args = [a.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace("NOPLAN", str(tmp_path / "no.json")) for a in args]
+    if "--model" not in args:
+        args = ["--model", str(tiny_dir), *args]
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_cli("prune", *args, "--out", str(out), *FAST)
+    assert rc == 2
+    lines = [l for l in stderr.splitlines() if l.startswith("greenprune: error:")]
+    assert len(lines) == 1 and msg in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_existing_output_directory_is_refused_without_overwrite(tmp_path, tiny_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    rc, _, stderr = run_cli("prune", "--model", str(tiny_dir), "--out", str(out), *FAST)
+    assert rc == 2 and "exists" in stderr and "--overwrite" in stderr
+    assert (out / "precious.txt").read_text() == "keep me"
