@@ -38,14 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=0.22, help="fraction of all parameters to remove (default 0.22)")
     p.add_argument("--align", type=int, default=64, help="FFN widths are multiples of this (default 64)")
     p.add_argument("--method", choices=METHODS, default="unified", help="unified (KL-guided, default) | uniform | layers")
-    p.add_argument("--scorer", choices=list(SCORERS), default="wanda", help="channel / KV-group importance (default wanda)")
+    p.add_argument("--scorer", choices=list(SCORERS), default="flap", help="channel / KV-group importance (default flap)")
     p.add_argument("--vocab", dest="vocab", action="store_true", default=None, help="prune the vocabulary (default for unified)")
     p.add_argument("--no-vocab", dest="vocab", action="store_false", help="keep the whole vocabulary")
+    p.add_argument("--vocab-top-ids", type=int, default=8192, help="always keep the tokenizer's N lowest ids (default 8192)")
     p.add_argument("--uniform", action="store_true", help="unified method, one FFN width / KV count for all kept layers")
     p.add_argument("--max-ffn-prune", type=float, default=0.75, help="largest fraction of one layer's FFN removed")
     p.add_argument("--no-layer-drop", action="store_true", help="never remove whole layers")
-    p.add_argument("--no-kv", action="store_true", help="never remove KV groups")
+    p.add_argument("--kv", action="store_true", help="also consider removing KV groups (off by default: see README)")
     p.add_argument("--kl-tokens", type=int, default=512, help="calibration tokens for the KL tables (default 512)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="training-free least-squares refit of the projections that consume pruned channels")
     p.add_argument("--plan", default=None, help="apply this plan.json instead of planning")
     p.add_argument("--out", default="out/pruned", help="output directory (default out/pruned)")
     p.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
@@ -66,7 +69,7 @@ def _options(a):
 
     plan = PlanOptions(
         ratio=getattr(a, "ratio", 0.22), align=getattr(a, "align", 64), method=getattr(a, "method", "unified"),
-        max_ffn_prune=getattr(a, "max_ffn_prune", 0.75), kv=not getattr(a, "no_kv", False),
+        max_ffn_prune=getattr(a, "max_ffn_prune", 0.75), kv=getattr(a, "kv", False),
         drop_layers=not getattr(a, "no_layer_drop", False), uniform=getattr(a, "uniform", False),
     )
     for name in ("calib_tokens", "eval_tokens", "seq_len"):
@@ -74,10 +77,10 @@ def _options(a):
             raise GreenpruneError(f"--{name.replace('_', '-')} must be >= 2")
     return JobOptions(
         model=a.model, data=a.data, eval_data=tuple(a.eval_data) if a.eval_data is not None else ("pypkg:rich",),
-        plan=plan, scorer=getattr(a, "scorer", "wanda"), vocab=getattr(a, "vocab", None),
-        calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512), seq_len=a.seq_len,
+        plan=plan, scorer=getattr(a, "scorer", "flap"), vocab=getattr(a, "vocab", None),
+        vocab_top_ids=getattr(a, "vocab_top_ids", 8192), calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512), seq_len=a.seq_len,
         eval_tokens=a.eval_tokens, nextline_samples=a.nextline_samples, plan_file=getattr(a, "plan", None),
-        out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
+        reconstruct=getattr(a, "reconstruct", False), out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
         evaluate=not getattr(a, "no_eval", False), progress=not a.no_progress,
     )
 

@@ -279,10 +279,11 @@ class Scores:
     stats: list[LayerStats] = field(repr=False, default_factory=list)
 
 
-def score_model(model, blocks: torch.Tensor, scorer: Importance | str, progress: bool = True) -> Scores:
+def score_model(model, blocks: torch.Tensor, scorer: Importance | str, progress: bool = True, gram: bool = False) -> Scores:
+    """Scores of every layer; gram=True also keeps the second-moment matrices (for reconstruction)."""
     scorer = get_scorer(scorer) if isinstance(scorer, str) else scorer
     shape = ModelShape.from_config(model.config)
-    stats = collect_activation_stats(model, blocks, progress=progress, gram=scorer.needs == "gram")
+    stats = collect_activation_stats(model, blocks, progress=progress, gram=gram or scorer.needs == "gram")
     if scorer.needs in ("taylor", "fisher"):
         collect_gradient_stats(model, blocks, stats, scorer.needs, progress=progress)
     with torch.no_grad():

@@ -90,3 +90,10 @@ def test_default_model_is_cached_safetensors(default_dir):
     cfg = json.loads((default_dir / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["num_hidden_layers"] == 30 and "quantization_config" not in cfg
     assert (default_dir / "model.safetensors").exists()
+
+
+def test_hub_id_goes_through_the_hub_loader_and_fails_clearly_offline(monkeypatch):
+    """A hub id is handed to from_pretrained (real loading code); offline it is one clear error."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GreenpruneError, match="cannot read the config of someorg/some-llama"):
+        load_model("someorg/some-llama")

@@ -1,0 +1,90 @@
+"""Reproduce the README's quality table: greenprune's unified plan vs simpler baselines at equal budgets.
+
+    .venv/bin/python scripts/quality_table.py --ratios 0.22 0.30 0.50 --out benches/results/quality_cpu.json
+
+Every row runs the same `greenprune prune` job (same data, same eval budgets) with another method; the JSON
+keeps each run's full report summary, the machine and the date, and a Markdown table is printed.
+"""
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from greenprune._version import __version__
+from greenprune.pipeline import JobOptions, run_prune
+from greenprune.planner import PlanOptions
+
+UNIFIED = "greenprune unified (KL-guided: vocabulary + layers + FFN)"
+RECONSTRUCTED = "greenprune unified + training-free reconstruction"
+BASELINES = {
+    # name: (method, scorer, vocab)
+    UNIFIED: ("unified", "flap", True),
+    RECONSTRUCTED: ("unified", "flap", True),
+    "uniform FFN, Wanda-sp + calibration vocabulary": ("uniform", "wanda", True),
+    "uniform FFN, Wanda-sp (FFN only)": ("uniform", "wanda", False),
+    "uniform FFN, magnitude (FFN only)": ("uniform", "magnitude", False),
+    "whole-layer removal, block influence": ("layers", "flap", False),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.22, 0.30, 0.50])
+    ap.add_argument("--rows", nargs="*", default=list(BASELINES))
+    ap.add_argument("--out", default="benches/results/quality_cpu.json")
+    ap.add_argument("--eval-tokens", type=int, default=8192)
+    a = ap.parse_args()
+    rows = []
+    base = JobOptions(eval_tokens=a.eval_tokens, nextline_samples=16, progress=False)
+    scratch = Path(tempfile.mkdtemp(prefix="gp-quality-"))
+    for ratio in a.ratios:
+        for name in a.rows:
+            method, scorer, vocab = BASELINES[name]
+            opts = replace(base, plan=PlanOptions(ratio=ratio, method=method, max_ffn_prune=0.75 if method == "unified" else 0.9),
+                           scorer=scorer, vocab=vocab, vocab_top_ids=base.vocab_top_ids if method == "unified" else 0,
+                           out=str(scratch / f"{ratio}-{method}"), overwrite=True)
+            if name == RECONSTRUCTED:  # the unified plan just made, refitted: no second planning pass
+                opts = replace(opts, plan_file=str(scratch / f"{ratio}-{method}" / "plan.json"), reconstruct=True,
+                               out=str(scratch / f"{ratio}-recon"))
+            t = time.time()
+            try:
+                r = run_prune(opts)
+            except Exception as e:  # e.g. a budget that whole-layer removal cannot meet
+                rows.append({"ratio": ratio, "method": name, "error": str(e)})
+                print(f"{ratio:.2f} {name}: {e}", flush=True)
+                continue
+            ev = r["eval"]
+            sets = [k for k in ev["dense"] if isinstance(ev["dense"][k], dict)]
+            row = {"ratio": ratio, "method": name, "params_pruned": r["params"]["pruned"], "params_dense": r["params"]["dense"],
+                   "removed": r["params"]["ratio"], "plan_summary": r["plan"]["summary"], "wall_s": round(time.time() - t, 1),
+                   "next_line_em": [ev["dense"].get("next_line_exact_match"), ev["pruned"].get("next_line_exact_match")],
+                   "cpu_tokens_per_s": [ev["dense"]["cpu_tokens_per_s"], ev["pruned"]["cpu_tokens_per_s"]]}
+            for k in sets:
+                row[k] = {"dense_bpb": ev["dense"][k]["bpb"], "pruned_bpb": ev["pruned"][k]["bpb"], "ratio": ev["pruned"][k]["bpb_ratio"],
+                          "kl": ev["pruned"][k]["kl"], "top1": ev["pruned"][k]["top1_agreement"]}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "plan_summary"}), flush=True)
+    doc = {"date": datetime.date.today().isoformat(), "greenprune": __version__, "torch": torch.__version__,
+           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only",
+           "command": "python scripts/quality_table.py --ratios " + " ".join(map(str, a.ratios)), "rows": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print("\n| removed | method | stdlib held-out bpb (x dense) | out-of-corpus bpb (x dense) | KL | top-1 |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['ratio']:.0%} | {r['method']} | n/a: {r['error'][:60]} | | | |")
+            continue
+        s, o = [r[k] for k in r if isinstance(r[k], dict) and "dense_bpb" in r[k]][:2]
+        print(f"| {r['removed']:.1%} | {r['method']} | {s['pruned_bpb']:.4f} ({s['ratio']:.3f}x) | {o['pruned_bpb']:.4f} "
+              f"({o['ratio']:.3f}x) | {s['kl']:.3f} | {s['top1']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
