@@ -23,6 +23,7 @@ from .importance import get_scorer, score_model
 from .models import atomic_dir, check_architecture, dir_size, load_model, num_params, write_json_atomic
 from .plan import ModelShape, PruningPlan, resolve_plan
 from .planner import LayerwiseKL, PlanOptions, make_plan, measure_kl_tables
+from .plots import plot_plan
 from .prune import prune_model
 from .reconstruct import reconstruct_
 from .vocab import close_vocabulary, prune_tokenizer, token_counts
@@ -163,6 +164,8 @@ def run_prune(opts: JobOptions) -> dict:
     out = Path(opts.out) if opts.out else None
     if out is not None and out.exists() and not opts.overwrite:  # fail before the long work, not after
         raise GreenpruneError(f"output directory {out} exists (use --overwrite to replace it)")
+    if opts.plan_file is None:
+        opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
     torch.manual_seed(0)
     with timer("load"):
         dense, tok = load_model(opts.model)
@@ -172,10 +175,10 @@ def run_prune(opts: JobOptions) -> dict:
     plan, extra = build_plan(dense, tok, opts, calib, timer)
     with timer("prune"):
         pruned = prune_model(dense, plan)
+        pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
     if opts.reconstruct:
         with timer("reconstruct"):
             reconstruct_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct_ridge)
-        pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
     report = {
         "greenprune_version": __version__,
         "source_model": str(opts.model or "default:SmolLM2-135M-Instruct"),
@@ -195,6 +198,7 @@ def run_prune(opts: JobOptions) -> dict:
                 pruned.save_pretrained(tmp, safe_serialization=True)
                 pruned_tok.save_pretrained(tmp)
                 plan.save(tmp / "plan.json")
+                plot_plan(plan, tmp / "plan.png", extra.get("kl_tables"))
                 report["size_on_disk"] = {"pruned_bytes": dir_size(tmp)}
                 report["timings_s"] = timer.times
                 write_json_atomic(tmp / REPORT_NAME, report)

@@ -39,7 +39,7 @@ class PlanOptions:
     drop_layers: bool = True  # allow removing whole layers
     uniform: bool = False  # unified method restricted to one width for all kept layers
 
-    def validate(self, shape: ModelShape) -> None:
+    def validate(self, shape: Optional[ModelShape] = None) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise GreenpruneError(f"--ratio must be in (0, 1), got {self.ratio}")
         if self.align < 1:

@@ -10,7 +10,7 @@ from greenprune.importance import score_model
 from greenprune.plan import ModelShape
 from greenprune.planner import LayerwiseKL, PlanOptions, _solve, ffn_widths, make_plan, measure_kl_tables
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 @pytest.mark.parametrize("seed", range(5))

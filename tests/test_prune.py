@@ -12,7 +12,7 @@ from greenprune.modeling import GreenpruneLlamaForCausalLM
 from greenprune.plan import LayerPlan, ModelShape, PruningPlan, identity_plan
 from greenprune.prune import prune_model
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 def random_plan(shape: ModelShape, rng: random.Random, uniform=False, vocab=True, drop=True) -> PruningPlan:
@@ -138,7 +138,7 @@ def test_plan_for_another_shape_is_refused():
 
 def test_transformers_llama_does_not_honour_per_layer_config():
     """Why greenprune registers its own model type: the pinned Llama modeling rejects per-layer widths."""
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     cfg = tiny_config(per_layer_config={1: {"intermediate_size": 16, "num_key_value_heads": 1}})
     with pytest.raises(Exception, match="per-layer"):

@@ -9,7 +9,7 @@ from greenprune.planner import PlanOptions, make_plan
 from greenprune.prune import prune_model
 from greenprune.reconstruct import reconstruct_, refit
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 def test_refit_keeping_everything_returns_the_weights():

@@ -63,18 +63,6 @@ def _cuda_problem():
     return None
 
 
-_ROOT_CONFTEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py")
-
-
-def pytest_plugin_registered(plugin, manager):
-    """Conftest files outside packages share the module name `conftest`, and pytest leaves the one loaded last
-    in sys.modules: loading this file would make the core tests' `from conftest import tiny_model` find it
-    instead of tests/conftest.py. This (historic) hook is replayed for every plugin registered so far as soon
-    as this file is, so it points the name back at tests/conftest.py."""
-    if os.path.abspath(getattr(plugin, "__file__", None) or "") == _ROOT_CONFTEST:
-        sys.modules["conftest"] = plugin
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: runs the compiled Triton kernels on a CUDA GPU (skipped without)")
     config.addinivalue_line("markers", "interpreter: launches Triton kernels on CPU tensors (TRITON_INTERPRET=1)")

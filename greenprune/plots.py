@@ -1,0 +1,48 @@
+"""Plots written next to a pruned model: per-layer widths of the plan, and the KL tables behind it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .plan import PruningPlan
+
+
+def plot_plan(plan: PruningPlan, path: Path, kl_tables: dict | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = plan.shape
+    kept = {lp.index: lp for lp in plan.layers}
+    idx = list(range(s.num_hidden_layers))
+    ffn = [kept[i].ffn_width / s.intermediate_size if i in kept else 0 for i in idx]
+    kv = [kept[i].kv_heads / s.num_key_value_heads if i in kept else 0 for i in idx]
+    rows = 2 if kl_tables else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 3.2 * rows), squeeze=False)
+    ax = axes[0][0]
+    ax.bar([i - 0.2 for i in idx], ffn, width=0.4, label=f"FFN width (of {s.intermediate_size})")
+    ax.bar([i + 0.2 for i in idx], kv, width=0.4, label=f"KV groups (of {s.num_key_value_heads})")
+    for i in plan.dropped_layers:
+        ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.15)
+    ax.set_xlabel("decoder layer (red: removed)")
+    ax.set_ylabel("fraction kept")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"greenprune plan: {plan.params():,} of {s.dense_params:,} parameters ({plan.ratio():.1%} removed), "
+                 f"vocabulary {plan.vocab_size:,} of {s.vocab_size:,}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    if kl_tables:
+        ax2 = axes[1][0]
+        widths = kl_tables["ffn_widths"]
+        for k in range(1, len(widths), max(1, len(widths) // 4)):
+            ax2.plot(idx, [row[k] for row in kl_tables["ffn"]], marker=".", label=f"FFN -> {widths[k]}")
+        if kl_tables.get("drop"):
+            ax2.plot(idx, kl_tables["drop"], "k--", label="layer removed")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("decoder layer")
+        ax2.set_ylabel("KL(dense || changed), nats")
+        ax2.set_title("KL tables: cost of changing one layer alone (the planner's input)", fontsize=9)
+        ax2.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
