@@ -34,10 +34,12 @@ setup(
         "rich",
         "matplotlib",
     ],
+    # triton is pinned: the kernels are tested under its interpreter, whose behaviour changes between
+    # releases (3.9's interpreter rejects masks that 3.6 takes); 3.6 is also what the GPU machines carry.
     extras_require={
-        "triton": ["triton>=3.0"],
+        "triton": ["triton==3.6.0"],
         "data": ["datasets>=3.0"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.0", "datasets>=3.0"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton==3.6.0", "datasets>=3.0"],
     },
     entry_points={"console_scripts": ["greenprune=greenprune.cli:main"]},
 )
