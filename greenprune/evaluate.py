@@ -77,16 +77,20 @@ def next_line_samples(texts: list[str], n: int, context_lines: int = 12, min_len
 
 
 @torch.no_grad()
-def next_line_exact_match(model, tokenizer, samples: list[tuple[str, str]], max_new_tokens: int = 32,
+def next_line_exact_match(model, tokenizer, samples: list[tuple[str, str]], max_new_tokens: int = 40,
                           progress: bool = True) -> dict:
-    """Greedy completion of the next line; exact match after stripping trailing whitespace."""
+    """Greedy completion of the next line; exact match after stripping trailing whitespace.
+
+    The prompt stops before the context's last newline: BPE merges a newline with the next line's indent, so
+    a prompt ending in a bare newline is a boundary the model never saw (it then wrote '#' first)."""
     hits = 0
     for ctx, target in tqdm(samples, desc="next-line completion", disable=not progress, leave=False):
-        ids = torch.tensor([[_bos(tokenizer)] + tokenizer(ctx, add_special_tokens=False)["input_ids"]])
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_bos(tokenizer),
-                             stop_strings=["\n"], tokenizer=tokenizer)
+        prompt = ctx[:-1] if ctx.endswith("\n") else ctx
+        ids = torch.tensor([[_bos(tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_bos(tokenizer))
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        hits += text.split("\n", 1)[0].rstrip() == target.rstrip()
+        line = text[1:].split("\n", 1)[0] if text.startswith("\n") else None
+        hits += line is not None and line.rstrip() == target.rstrip()
     return {"exact_match": hits / max(len(samples), 1), "samples": len(samples)}
 
 

@@ -75,15 +75,20 @@ def main():
            "command": "python scripts/quality_table.py --ratios " + " ".join(map(str, a.ratios)), "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print("\n| removed | method | stdlib held-out bpb (x dense) | out-of-corpus bpb (x dense) | KL | top-1 |")
-    print("|---|---|---|---|---|---|")
+    print(markdown(rows))
+
+
+def markdown(rows) -> str:
+    out = ["| removed | method | stdlib held-out bpb (x dense) | out-of-corpus bpb, `rich` (x dense) | KL (nats) | top-1 agree |",
+           "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            print(f"| {r['ratio']:.0%} | {r['method']} | n/a: {r['error'][:60]} | | | |")
+            out.append(f"| {r['ratio']:.0%} | {r['method']} | n/a: {r['error'][:60]} | | | |")
             continue
         s, o = [r[k] for k in r if isinstance(r[k], dict) and "dense_bpb" in r[k]][:2]
-        print(f"| {r['removed']:.1%} | {r['method']} | {s['pruned_bpb']:.4f} ({s['ratio']:.3f}x) | {o['pruned_bpb']:.4f} "
-              f"({o['ratio']:.3f}x) | {s['kl']:.3f} | {s['top1']:.3f} |")
+        out.append(f"| {r['removed']:.1%} | {r['method']} | {s['pruned_bpb']:.4f} ({s['ratio']:.3f}x) | {o['pruned_bpb']:.4f} "
+                   f"({o['ratio']:.3f}x) | {s['kl']:.3f} | {s['top1']:.3f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
