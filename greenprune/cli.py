@@ -103,7 +103,9 @@ def main(argv=None) -> int:
 
         opts = _options(a)
         if a.cmd == "prune":
-            report = run_prune_cli(opts)
+            from .pipeline import run_prune
+
+            report = run_prune(opts)
             print_prune(report, opts.out)
         else:
             from .pipeline import run_eval
@@ -123,12 +125,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("greenprune: interrupted; nothing was written", file=sys.stderr)
         return 130
-
-
-def run_prune_cli(opts):
-    from .pipeline import run_prune
-
-    return run_prune(opts)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ._version import __version__
 from .errors import GreenpruneError
 from .evaluate import agreement, bits_per_byte, cpu_tokens_per_second, generate_code, next_line_exact_match, next_line_samples
 from .importance import get_scorer, score_model
-from .models import atomic_dir, check_architecture, dir_size, load_model, num_params, write_json_atomic
+from .models import atomic_dir, dir_size, load_model, num_params, write_json_atomic
 from .plan import ModelShape, PruningPlan, resolve_plan
 from .planner import LayerwiseKL, PlanOptions, make_plan, measure_kl_tables
 from .plots import plot_plan
@@ -168,8 +168,7 @@ def run_prune(opts: JobOptions) -> dict:
         opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
     torch.manual_seed(0)
     with timer("load"):
-        dense, tok = load_model(opts.model)
-    check_architecture(dense.config, opts.model or "default model")
+        dense, tok = load_model(opts.model)  # checks the architecture
     with timer("data"):
         calib, held = data_mod.calibration_and_heldout(opts.data)
     plan, extra = build_plan(dense, tok, opts, calib, timer)

@@ -218,16 +218,21 @@ def identity_plan(shape: ModelShape) -> PruningPlan:
     return PruningPlan(shape, layers, None, {"method": "identity"})
 
 
-def resolve_plan(plan: PruningPlan, ffn_scores, kv_scores) -> PruningPlan:
-    """Fill missing channel / KV-group indices with the highest-scoring ones (scores per dense layer index)."""
+def keep_top(scores, n: int) -> tuple[int, ...]:
+    """The n highest-scoring indices, sorted."""
     import torch
 
+    return tuple(sorted(torch.as_tensor(scores).topk(n).indices.tolist()))
+
+
+def resolve_plan(plan: PruningPlan, ffn_scores, kv_scores) -> PruningPlan:
+    """Fill missing channel / KV-group indices with the highest-scoring ones (scores per dense layer index)."""
     layers = []
     for lp in plan.layers:
         fk, kk = lp.ffn_keep, lp.kv_keep
         if fk is None:
-            fk = tuple(sorted(torch.as_tensor(ffn_scores[lp.index]).topk(lp.ffn_width).indices.tolist()))
+            fk = keep_top(ffn_scores[lp.index], lp.ffn_width)
         if kk is None:
-            kk = tuple(sorted(torch.as_tensor(kv_scores[lp.index]).topk(lp.kv_heads).indices.tolist()))
+            kk = keep_top(kv_scores[lp.index], lp.kv_heads)
         layers.append(replace(lp, ffn_keep=fk, kv_keep=kk))
     return replace(plan, layers=tuple(layers))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .errors import GreenpruneError
 from .importance import Scores
 from .kernels import kl_divergence
-from .plan import LayerPlan, ModelShape, PruningPlan
+from .plan import LayerPlan, ModelShape, PruningPlan, keep_top
 
 METHODS = ("unified", "uniform", "layers")
 
@@ -121,10 +121,6 @@ class LayerwiseKL:
         return total / max(count, 1)
 
 
-def _keep_top(scores: torch.Tensor, n: int) -> tuple[int, ...]:
-    return tuple(sorted(scores.topk(n).indices.tolist()))
-
-
 def measure_kl_tables(kl: LayerwiseKL, scores: Scores, shape: ModelShape, opts: PlanOptions, progress=True):
     """Per layer: KL at each allowed FFN width (measured at kl_levels, interpolated between),
     at each KV-group count, and with the layer dropped."""
@@ -139,13 +135,13 @@ def measure_kl_tables(kl: LayerwiseKL, scores: Scores, shape: ModelShape, opts: 
     for i in range(shape.num_hidden_layers):
         pts = {0: 0.0}
         for k in measured_idx:
-            pts[k] = kl.kl(i, ffn_keep=_keep_top(scores.ffn[i], widths[k]))
+            pts[k] = kl.kl(i, ffn_keep=keep_top(scores.ffn[i], widths[k]))
             bar.update()
         xs = sorted(pts)
         ffn_kl.append(np.interp(np.arange(len(widths)), xs, [pts[x] for x in xs]))
         row = [0.0]
         for g in kv_counts[1:]:
-            row.append(kl.kl(i, kv_keep=_keep_top(scores.kv[i], g)))
+            row.append(kl.kl(i, kv_keep=keep_top(scores.kv[i], g)))
             bar.update()
         kv_kl.append(row)
         if opts.drop_layers:
@@ -198,7 +194,7 @@ def _layer_plans(choices, scores: Scores) -> tuple[LayerPlan, ...]:
         if ch is None:
             continue
         w, g = ch
-        out.append(LayerPlan(i, w, g, _keep_top(scores.ffn[i], w), _keep_top(scores.kv[i], g)))
+        out.append(LayerPlan(i, w, g, keep_top(scores.ffn[i], w), keep_top(scores.kv[i], g)))
     return tuple(out)
 
 
