@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= out/smollm2-22
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean cuda-build-check
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,28 @@ test: install
 bench: install
 	$(PY) -m pytest -q benches --benchmark-json=benches/results/latest.json
 
+# Compile check of the optional CUDA extension (csrc/): a separate venv with a CUDA build of torch, nvcc from
+# PATH; it compiles and loads the extension but cannot run it (no GPU needed). Skipped when nvcc is absent.
+VENV_CUDA ?= .venv-cuda
+CUDA_TORCH_SPEC ?= torch==2.14.1
+GREENPRUNE_CUDA_ARCH ?= 8.0;9.0
+NVCC := $(shell command -v nvcc 2>/dev/null)
+
+$(VENV_CUDA)/.installed:
+	$(PYTHON) -m venv $(VENV_CUDA)
+	$(VENV_CUDA)/bin/python -m pip install -q --upgrade pip
+	$(VENV_CUDA)/bin/python -m pip install -q "$(CUDA_TORCH_SPEC)" ninja pybind11 setuptools wheel
+	touch $@
+
+cuda-build-check:
+ifeq ($(NVCC),)
+	@echo "cuda-build-check: nvcc not found; the CUDA extension is not compiled"
+else
+	$(MAKE) $(VENV_CUDA)/.installed
+	GREENPRUNE_BUILD_CUDA=1 GREENPRUNE_CUDA_ARCH="$(GREENPRUNE_CUDA_ARCH)" MAX_JOBS=$${MAX_JOBS:-2} \
+		$(VENV_CUDA)/bin/python setup.py -q build_ext --build-lib build/cuda-check --build-temp build/cuda-check-tmp
+	$(VENV_CUDA)/bin/python scripts/cuda_build_check.py build/cuda-check
+endif
+
 clean:
-	rm -rf $(VENV) build *.egg-info out
+	rm -rf $(VENV) $(VENV_CUDA) build *.egg-info out

@@ -1,10 +1,12 @@
 """greenprune: structured pruning of Llama-family LLMs (vocabulary, layers, FFN channels, KV groups).
 
-Pure Python install. The optional CUDA extension in csrc/ is built only when GREENPRUNE_BUILD_CUDA=1 and a
-CUDA-enabled torch is present; a CPU-only install never fails for lack of CUDA.
+Pure Python by default. The optional CUDA extension in csrc/ (greenprune._C) is built when
+GREENPRUNE_BUILD_CUDA allows it (see csrc/ext_build.py: 0 | 1 | auto, default auto = only when the build
+environment has a CUDA torch and nvcc); a CPU-only install never fails for lack of CUDA.
 """
 import os
 import re
+import sys
 
 from setuptools import find_packages, setup
 
@@ -12,7 +14,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "greenprune", "_version.py")) as f:
     VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
+sys.path.insert(0, os.path.join(HERE, "csrc"))
+from ext_build import cuda_extension_setup  # noqa: E402  (csrc/ext_build.py: GREENPRUNE_BUILD_CUDA)
+
 setup(
+    **cuda_extension_setup(HERE),
     name="greenprune",
     version=VERSION,
     description="Unified structured pruning (vocabulary, layers, FFN, KV groups) of Llama-family LLMs",

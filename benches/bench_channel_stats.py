@@ -9,20 +9,31 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
 
+from greenprune import _ext  # noqa: E402
 from greenprune.kernels import reference as ref  # noqa: E402
 
 IMPLS = ["triton", "eager", "compile"]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+def cuda_ext():
+    """torch.ops.greenprune_cuda (the csrc/ extension), or skip the `cuda_ext` implementation, saying why."""
+    why = _ext.why_absent()
+    if why is not None:
+        pytest.skip(f"the CUDA extension greenprune._C is not built ({why})")
+    return torch.ops.greenprune_cuda
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["cuda_ext"])
 @pytest.mark.parametrize("N,C", [(4096, 4096), (16384, 4096), (16384, 14336)], ids=lambda v: str(v))
 def bench_channel_moments(benchmark, measure, compiled, impl, N, C):
     benchmark.group = f"channel_moments N={N} C={C}"
+    ext = cuda_ext() if impl == "cuda_ext" else None
     x = torch.randn(N, C, device="cuda", dtype=torch.bfloat16)
     fns = {"triton": lambda: torch.ops.greenprune.channel_moments(x, None),
+           "cuda_ext": lambda: ext.channel_moments(x, None),
            "eager": lambda: ref.channel_moments(x),
            "compile": lambda c=compiled(ref.channel_moments): c(x)}
-    eager = fns["eager"] if impl == "triton" else None
+    eager = fns["eager"] if impl in ("triton", "cuda_ext") else None
     measure(fns[impl], bytes=N * C * 2 + 12 * C, baseline=eager, impl=impl, target_frac_of_copy_bw=0.85)
 
 

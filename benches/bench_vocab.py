@@ -12,7 +12,16 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
 
+from greenprune import _ext  # noqa: E402
 from greenprune.kernels import build_id_map, reference as ref  # noqa: E402
+
+
+def cuda_ext():
+    """torch.ops.greenprune_cuda (the csrc/ extension), or skip the `cuda_ext` implementation, saying why."""
+    why = _ext.why_absent()
+    if why is not None:
+        pytest.skip(f"the CUDA extension greenprune._C is not built ({why})")
+    return torch.ops.greenprune_cuda
 
 HEADS = [(1, 4096, 128256, 42752), (64, 4096, 128256, 42752), (4096, 4096, 128256, 42752), (1, 4096, 32000, 10667),
          (4096, 4096, 32000, 10667)]
@@ -25,42 +34,48 @@ def _head(T, H, V, K):
     return h, w_full, w_full[kept].contiguous(), kept
 
 
-@pytest.mark.parametrize("impl", ["triton", "eager_kept", "eager_full", "compile_kept"])
+@pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager_kept", "eager_full", "compile_kept"])
 @pytest.mark.parametrize("T,H,V,K", HEADS, ids=lambda v: str(v))
 def bench_lm_head_argmax(benchmark, measure, compiled, impl, T, H, V, K):
     benchmark.group = f"lm_head_argmax T={T} H={H} V={V} K={K}"
+    ext = cuda_ext() if impl == "cuda_ext" else None
     h, w_full, w_kept, kept = _head(T, H, V, K)
     fns = {"triton": lambda: torch.ops.greenprune.lm_head_argmax(h, w_kept, kept),
+           "cuda_ext": lambda: ext.lm_head_argmax(h, w_kept, kept),
            "eager_kept": lambda: ref.lm_head_argmax(h, w_kept, kept),
            "eager_full": lambda: F.linear(h, w_full).argmax(-1),
            "compile_kept": lambda c=compiled(ref.lm_head_argmax): c(h, w_kept, kept)}
-    full = fns["eager_full"] if impl == "triton" else None
+    full = fns["eager_full"] if impl in ("triton", "cuda_ext") else None
     measure(fns[impl], flops=2 * T * H * K, bytes=2 * K * H + 2 * T * H, baseline=full, impl=impl,
             target_speedup_vs_full=V / K)
 
 
-@pytest.mark.parametrize("impl", ["triton", "eager_kept", "eager_full"])
+@pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager_kept", "eager_full"])
 @pytest.mark.parametrize("T,H,V,K", HEADS[:2], ids=lambda v: str(v))
 def bench_lm_head_topk(benchmark, measure, impl, T, H, V, K, k=8):
     benchmark.group = f"lm_head_topk k={k} T={T} H={H} V={V} K={K}"
+    ext = cuda_ext() if impl == "cuda_ext" else None
     h, w_full, w_kept, kept = _head(T, H, V, K)
     fns = {"triton": lambda: torch.ops.greenprune.lm_head_topk(h, w_kept, kept, k),
+           "cuda_ext": lambda: ext.lm_head_topk(h, w_kept, kept, k),
            "eager_kept": lambda: ref.lm_head_topk(h, w_kept, kept, k),
            "eager_full": lambda: F.linear(h, w_full).topk(k, -1)}
-    full = fns["eager_full"] if impl == "triton" else None
+    full = fns["eager_full"] if impl in ("triton", "cuda_ext") else None
     measure(fns[impl], flops=2 * T * H * K, bytes=2 * K * H + 2 * T * H, baseline=full, impl=impl,
             target_speedup_vs_full=V / K)
 
 
-@pytest.mark.parametrize("impl", ["triton", "eager"])
+@pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager"])
 @pytest.mark.parametrize("N,H,V,K", [(16384, 4096, 128256, 42752), (16384, 8192, 128256, 42752)], ids=lambda v: str(v))
 def bench_remapped_embedding(benchmark, measure, impl, N, H, V, K):
     benchmark.group = f"remapped_embedding N={N} H={H} K={K}"
+    ext = cuda_ext() if impl == "cuda_ext" else None
     w = torch.randn(K, H, device="cuda", dtype=torch.bfloat16)
     kept = torch.randperm(V, device="cuda")[:K]
     id_map = build_id_map(kept, V)
     ids = kept[torch.randint(0, K, (N,), device="cuda")]
     fns = {"triton": lambda: torch.ops.greenprune.remapped_embedding(ids, id_map, w, 0),
+           "cuda_ext": lambda: ext.remapped_embedding(ids, id_map, w, 0),
            "eager": lambda: ref.remapped_embedding(ids, id_map, w, 0)}
-    eager = fns["eager"] if impl == "triton" else None
+    eager = fns["eager"] if impl in ("triton", "cuda_ext") else None
     measure(fns[impl], bytes=4 * N * H + 16 * N, baseline=eager, impl=impl, target_frac_of_copy_bw=0.85)

@@ -1,8 +1,9 @@
 """Backend selection for greenprune's ops: CUDA extension -> Triton -> torch reference.
 
 Order in `auto` mode (the default), per call, from the op's tensor arguments:
-  1. "cuda":   the compiled extension (`greenprune._C`, ops under `torch.ops.greenprune_cuda`), when it is
-               installed, has the op, and every tensor is on a CUDA device. Reserved: not built yet.
+  1. "cuda":   the compiled extension (`greenprune._C` from csrc/, ops under `torch.ops.greenprune_cuda`,
+               same schemas as `torch.ops.greenprune`), when it is installed, has the op, and every tensor is
+               on a CUDA device. Optional: built with GREENPRUNE_BUILD_CUDA (see csrc/README.md).
   2. "triton": when triton imports, the op has a Triton kernel, and the tensors are on CUDA, or
                TRITON_INTERPRET=1 is set (the Triton interpreter runs the kernels on CPU tensors: tests only).
   3. "torch":  the pure-torch reference in reference.py, always available.
@@ -18,13 +19,14 @@ TRITON_INTERPRET was set before or after this module was imported does not matte
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import os
 import types
 from typing import Callable, Optional
 
 import torch
+
+from .. import _ext
 
 log = logging.getLogger("greenprune.kernels")
 
@@ -56,16 +58,10 @@ def _log_once(level: int, msg: str) -> None:
     log.log(level, msg)
 
 
-# --- the CUDA extension (reserved namespace) --------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
+# --- the CUDA extension -----------------------------------------------------------------------------------
 def _cuda_extension() -> Optional[object]:
-    """torch.ops.greenprune_cuda once `greenprune._C` (built from csrc/ with GREENPRUNE_BUILD_CUDA=1) loads."""
-    try:
-        importlib.import_module("greenprune._C")
-    except Exception as exc:  # noqa: BLE001
-        _log_once(logging.DEBUG, f"greenprune CUDA extension unavailable ({type(exc).__name__}: {exc})")
-        return None
-    return torch.ops.greenprune_cuda
+    """torch.ops.greenprune_cuda once `greenprune._C` (built from csrc/, see csrc/README.md) loads."""
+    return torch.ops.greenprune_cuda if _ext.load() is not None else None
 
 
 def _cuda_op(op: str) -> Optional[Callable]:
@@ -96,7 +92,8 @@ def _why_not(backend: str, op: str, tensors: list[torch.Tensor]) -> Optional[str
         return None
     if backend == "cuda":
         if _cuda_op(op) is None:
-            return f"the greenprune CUDA extension (greenprune._C) is not installed or lacks '{op}'"
+            why = _ext.why_absent() or f"it has no '{op}' op"
+            return f"the greenprune CUDA extension (greenprune._C) is not usable: {why}"
         return None if on_cuda else "the CUDA extension needs every tensor on a CUDA device"
     if backend == "triton":
         if not HAS_TRITON:
