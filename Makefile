@@ -37,7 +37,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null)
 $(VENV_CUDA)/.installed:
 	$(PYTHON) -m venv $(VENV_CUDA)
 	$(VENV_CUDA)/bin/python -m pip install -q --upgrade pip
-	$(VENV_CUDA)/bin/python -m pip install -q "$(CUDA_TORCH_SPEC)" ninja pybind11 setuptools wheel
+	$(VENV_CUDA)/bin/python -m pip install -q "$(CUDA_TORCH_SPEC)" numpy ninja pybind11 setuptools wheel
 	touch $@
 
 cuda-build-check:

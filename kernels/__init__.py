@@ -1,8 +1,8 @@
 """greenprune.kernels: the hot paths of pruning and serving.
 
 Every op has a pure-torch reference (reference.py, also the CPU fallback), a Triton kernel behind a
-torch.library custom op (torch.ops.greenprune.<op>), and later maybe a CUDA extension; dispatch.py picks one
-per call (CUDA extension -> Triton on CUDA tensors -> torch; GREENPRUNE_BACKEND=torch|triton|cuda|auto forces
+torch.library custom op (torch.ops.greenprune.<op>), and some a CUDA version in the optional compiled
+extension (csrc/, torch.ops.greenprune_cuda.<op>); dispatch.py picks one per call (CUDA extension -> Triton on CUDA tensors -> torch; GREENPRUNE_BACKEND=torch|triton|cuda|auto forces
 one). Callers import the ops from here and never keep copies of their own. No GPU is needed at import.
 """
 if __name__.partition(".")[0] != "greenprune":

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# One command on a GPU machine: build the CUDA extension from this checkout, run the kernel tests (GPU tests
+# included) and the kernel benchmarks, and write everything as JSON/XML/logs into $OUT (default out/gpu-check).
+#
+#   scripts/gpu_check.sh [all|build|test|bench]     (default: all; steps run in order, each logs to $OUT)
+#
+# Needs a CUDA build of torch with pytest (+ pytest-benchmark for the benches), ninja and nvcc (PATH,
+# CUDA_HOME, or /usr/local/cuda); installs nothing from the network. The extension is compiled only for the
+# local GPU's compute capability (GREENPRUNE_CUDA_ARCH overrides) and installed in place with
+# `pip install --no-build-isolation --no-deps -e .`; if pip cannot do that offline, it is built in place with
+# `setup.py build_ext --inplace` and the checkout is put on sys.path through a package overlay instead.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STEP="${1:-all}"
+OUT="${OUT:-out/gpu-check}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+
+info() { echo "gpu_check: $*" | tee -a "$OUT/gpu_check.log" >&2; }
+
+if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+"$PY" - > "$OUT/environment.json" <<'PYEOF'
+import importlib, json, shutil, subprocess, sys
+import torch
+env = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+       "cuda_available": torch.cuda.is_available(), "nvcc": shutil.which("nvcc")}
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count)
+if env["nvcc"]:
+    env["nvcc_version"] = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+for mod in ("ninja", "pybind11", "triton", "transformers", "pytest", "pytest_benchmark", "setuptools"):
+    try:
+        m = importlib.import_module(mod)
+        env[mod] = getattr(m, "__version__", "present")
+    except Exception as exc:  # noqa: BLE001
+        env[mod] = f"absent ({type(exc).__name__})"
+print(json.dumps(env, indent=1))
+PYEOF
+info "environment: $(tr -d '\n' < "$OUT/environment.json")"
+
+overlay_pythonpath() {  # greenprune + greenprune.kernels importable from the checkout without pip
+  local site="$OUT/site"
+  rm -rf "$site" && mkdir -p "$site/greenprune"
+  for f in greenprune/*; do ln -s "$PWD/$f" "$site/greenprune/"; done
+  ln -s "$PWD/kernels" "$site/greenprune/kernels"
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  PYFLAGS="-P"  # keep the checkout's own greenprune/ (no kernels/ inside) off the front of sys.path
+}
+PYFLAGS=""
+
+build() {
+  if [ -z "${GREENPRUNE_CUDA_ARCH:-}" ]; then
+    GREENPRUNE_CUDA_ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" || return 1
+    export GREENPRUNE_CUDA_ARCH
+  fi
+  info "building greenprune._C for compute capability $GREENPRUNE_CUDA_ARCH with $MAX_JOBS jobs"
+  local t0=$SECONDS
+  if GREENPRUNE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+    info "built and installed in place (pip -e) in $((SECONDS - t0)) s"
+  else
+    info "pip -e failed (see build.log); building in place with setup.py build_ext --inplace"
+    GREENPRUNE_BUILD_CUDA=1 "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { info "BUILD FAILED"; return 1; }
+    info "built in place in $((SECONDS - t0)) s"
+  fi
+  "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
+  "$PY" $PYFLAGS -c 'import json, greenprune._C as C, torch; print(json.dumps({"extension": C.__file__, "cuda_runtime_version": C.cuda_runtime_version, "torch_headers": C.torch_version, "torch": torch.__version__}))' \
+    > "$OUT/extension.json" || { info "the extension does not import"; return 1; }
+  info "extension: $(cat "$OUT/extension.json")"
+}
+
+tests() {
+  "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
+  info "tests/kernels (GPU session: compiled Triton kernels and the CUDA extension)"
+  "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider --junitxml="$OUT/tests_kernels.xml" \
+    > "$OUT/tests_kernels.log" 2>&1
+  local rc=$?
+  info "tests/kernels exit status $rc: $(tail -1 "$OUT/tests_kernels.log")"
+  return $rc
+}
+
+bench() {
+  "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
+  info "benches (vocab, channel stats: triton vs cuda_ext vs eager)"
+  "$PY" $PYFLAGS -m pytest -q benches/bench_vocab.py benches/bench_channel_stats.py -p no:cacheprovider \
+    --benchmark-json="$OUT/bench_cuda_ext.json" > "$OUT/bench.log" 2>&1
+  local rc=$?
+  info "benches exit status $rc: $(tail -1 "$OUT/bench.log")"
+  return $rc
+}
+
+rc=0
+case "$STEP" in
+  build) build || rc=1 ;;
+  test) tests || rc=1 ;;
+  bench) bench || rc=1 ;;
+  all) build || exit 1; tests || rc=1; bench || rc=1 ;;
+  *) echo "usage: $0 [all|build|test|bench]" >&2; exit 2 ;;
+esac
+exit $rc
