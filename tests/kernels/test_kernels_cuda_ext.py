@@ -83,7 +83,7 @@ def test_absence_is_reported_and_dispatch_falls_back(monkeypatch):
     if why is None:
         assert "every tensor on a CUDA device" in str(err.value)
     else:
-        assert "greenprune._C" in why and why in str(err.value)
+        assert "greenprune._C" in str(err.value) and why in str(err.value)
     monkeypatch.setenv("GREENPRUNE_BACKEND", "auto")
     s, q, a = K.channel_moments(x + 1)
     assert s.tolist() == [4.0] * 8 and a.tolist() == [1.0] * 8
@@ -106,6 +106,30 @@ def test_schemas_match_the_custom_ops(ext):
         mine = str(getattr(ext, op).default._schema).split("::", 1)[1]
         theirs = str(getattr(torch.ops.greenprune, op).default._schema).split("::", 1)[1]
         assert mine == theirs.replace("SymInt", "int"), op
+
+
+def test_meta_kernels_trace_symbolic_shapes(ext):
+    """The Meta kernels (FakeTensor, torch.compile, opcheck's fake tests) give the reference's output shapes and
+    dtypes, symbolically: tracing with dynamic shapes needs no GPU."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def f(h, w, kept, x, ids, id_map):
+        v, i = ext.lm_head_topk(h, w, kept, 3)
+        return (ext.lm_head_argmax(h, w, kept), v, i, *ext.channel_moments(x, None),
+                *ext.remapped_embedding(ids, id_map, w, 0))
+
+    args = (torch.empty(2, 7, 48, dtype=torch.bfloat16), torch.empty(53, 48, dtype=torch.bfloat16),
+            torch.arange(53), torch.empty(9, 40, dtype=torch.float16), torch.zeros(3, 5, dtype=torch.int32),
+            torch.zeros(100, dtype=torch.int32))
+    graph = make_fx(f, tracing_mode="symbolic")(*args)
+    vals = {n.name: n.meta["val"] for n in graph.graph.nodes if "val" in n.meta}
+    out = next(n for n in graph.graph.nodes if n.op == "output").args[0]
+    got = [(tuple(str(d) for d in vals[o.name].shape), vals[o.name].dtype) for o in out]
+    h, w, x, ids = (tuple(str(d) for d in vals[n].shape) for n in ("h_1", "w_1", "x_1", "ids_1"))
+    assert got == [(h[:2], torch.int64), ((*h[:2], "3"), torch.float32), ((*h[:2], "3"), torch.int64),
+                   (x[1:], torch.float32), (x[1:], torch.float32), (x[1:], torch.float32),
+                   ((*ids, w[1]), torch.bfloat16), (ids, torch.int64)]
+    assert len(set(h)) == 3 and len(set(ids)) == 2  # really symbolic (one symbol per dimension)
 
 
 # --- GPU: every op against the reference ------------------------------------------------------------------
