@@ -55,7 +55,8 @@ PYFLAGS=""
 
 build() {
   if [ -z "${GREENPRUNE_CUDA_ARCH:-}" ]; then
-    GREENPRUNE_CUDA_ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" || return 1
+    GREENPRUNE_CUDA_ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)" \
+      || { info "no GPU visible: set GREENPRUNE_CUDA_ARCH (e.g. 9.0) to build anyway"; return 1; }
     export GREENPRUNE_CUDA_ARCH
   fi
   info "building greenprune._C for compute capability $GREENPRUNE_CUDA_ARCH with $MAX_JOBS jobs"
