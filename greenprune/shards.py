@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -60,18 +60,6 @@ class CheckpointReader:
             raise GreenpruneError(f"{self.path}: tensor {name} not in the checkpoint")
         with safe_open(str(self.where[name]), framework="pt") as h:
             return h.get_tensor(name)
-
-    def get_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        by_file: dict[Path, list[str]] = {}
-        for n in names:
-            if n not in self.where:
-                raise GreenpruneError(f"{self.path}: tensor {n} not in the checkpoint")
-            by_file.setdefault(self.where[n], []).append(n)
-        out = {}
-        for f, ns in by_file.items():
-            with safe_open(str(f), framework="pt") as h:
-                out.update({n: h.get_tensor(n) for n in ns})
-        return out
 
 
 class ShardWriter:

@@ -155,15 +155,15 @@ class _State:
         write_json_atomic(self.path / "state.json", {"key": self.key, "layers_done": n, "block_influence": bi})
 
 
-def _layer_module(config, i: int, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
+def _layer_module(config, i: int, reader: CheckpointReader, dtype: torch.dtype):
+    """Decoder layer i with its weights read tensor by tensor (each file opened, read, closed: at most one source
+    tensor and its mapped pages exist beside the converted layer)."""
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     with torch.device("meta"):
         layer = LlamaDecoderLayer(config, i)
     prefix = f"model.layers.{i}."
-    sd = {}
-    for k in list(tensors):
-        sd[k[len(prefix):]] = tensors.pop(k).to(dtype)  # converts tensor by tensor: one copy at a time
+    sd = {k[len(prefix):]: reader.get(k).to(dtype) for k in reader.layer_keys(i)}
     missing, unexpected = layer.load_state_dict(sd, strict=False, assign=True)
     if missing or unexpected:
         raise GreenpruneError(f"layer {i}: checkpoint tensors do not match the config: missing {missing}, unexpected {unexpected}")
@@ -194,7 +194,7 @@ def stream_statistics(src: Path, config, blocks: torch.Tensor, opts: StreamOptio
     layer_rss, t0 = [], time.perf_counter()
     for i in tqdm(range(done, shape.num_hidden_layers), desc="streaming layers (statistics)", disable=not progress,
                   initial=done, total=shape.num_hidden_layers):
-        layer = _layer_module(config, i, reader.get_many(reader.layer_keys(i)), dtype)
+        layer = _layer_module(config, i, reader, dtype)
         st = LayerStats(ChannelStats(), ChannelStats())
         handles = attach_stat_hooks(layer, st)
         try:
@@ -262,12 +262,10 @@ def stream_prune(model_dir: str, out: str, blocks: torch.Tensor, opts: StreamOpt
             w.add(name, reader.get(name))
         w.flush()
         for new, lp in enumerate(tqdm(plan.layers, desc="streaming layers (write)", disable=not progress)):
-            tensors = reader.get_many(reader.layer_keys(lp.index))
             prefix = f"model.layers.{lp.index}."
-            for k in list(tensors):
-                t = tensors.pop(k)
-                w.add(f"model.layers.{new}.{k[len(prefix):]}", _slice_layer(k[len(prefix):], t, lp, shape).contiguous())
-                del t
+            for k in reader.layer_keys(lp.index):  # one source tensor at a time; the sliced layer is buffered
+                name = k[len(prefix):]
+                w.add(f"model.layers.{new}.{name}", _slice_layer(name, reader.get(k), lp, shape).contiguous())
             w.flush()  # one shard per layer: memory stays one layer
         w.finish()
         cfg.save_pretrained(tmp)

@@ -71,13 +71,11 @@ def test_resume_after_interruption(sharded, tmp_path, monkeypatch):
     opts = StreamOptions(ratio=0.25, method="global", align=16)
     blocks = _blocks()
     real = st._layer_module
-    calls = {"n": 0}
 
-    def failing(config, i, tensors, dtype):
-        calls["n"] += 1
+    def failing(config, i, reader, dtype):
         if i == 2:
             raise KeyboardInterrupt
-        return real(config, i, tensors, dtype)
+        return real(config, i, reader, dtype)
 
     monkeypatch.setattr(st, "_layer_module", failing)
     with pytest.raises(KeyboardInterrupt):
