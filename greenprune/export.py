@@ -77,6 +77,8 @@ def read_layout(model_dir: Path) -> tuple[dict, list[LayerShape], int]:
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES or mt == "qwen2":
         raise GreenpruneError(f"{model_dir}: cannot export model_type '{mt}' (Llama/Mistral layouts and greenprune_llama)")
+    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0):
+        raise GreenpruneError(f"{model_dir}: sliding-window attention ({cfg['sliding_window']}) has no place in these layouts")
     n = cfg["num_hidden_layers"]
     if mt == "greenprune_llama":
         widths, heads, kv = (cfg[k] for k in _PER_LAYER_KEYS)

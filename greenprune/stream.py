@@ -44,7 +44,7 @@ from .shards import CheckpointReader, ShardWriter
 STREAM_METHODS = ("uniform", "global", "layers")
 STREAM_SCORERS = tuple(n for n, c in SCORERS.items() if c.needs is None)  # no gradients through the whole model
 _COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-               "chat_template.jinja", "generation_config.json")
+               "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
 
 
 @dataclass(frozen=True)
