@@ -9,6 +9,7 @@ float32. CUDA: bf16, CUDA-event timing; --compile uses torch.compile(mode="reduc
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -63,6 +64,8 @@ def run_info(device: torch.device) -> dict:
             "python": platform.python_version(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu_count"] = torch.cuda.device_count()
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)  # a shared machine shows here
     return info
 
 
@@ -221,7 +224,8 @@ def plot_bench(res: dict, path: Path) -> None:
         ax.set_ylabel("tokens / s")
         ax.set_title(f"{key} ({res['dtype']})")
         ax.legend()
-    fig.suptitle(f"{res['info']['device']} - torch {res['info']['torch']}, {res['info']['torch_threads']} threads", fontsize=9)
+    n = res["info"]["torch_threads"]
+    fig.suptitle(f"{res['info']['device']} - torch {res['info']['torch']}, {n} thread{'s' if n != 1 else ''}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
