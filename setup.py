@@ -45,7 +45,11 @@ setup(
     extras_require={
         "triton": ["triton==3.6.0"],
         "data": ["datasets>=3.0"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton==3.6.0", "datasets>=3.0"],
+        # An engine that serves the DeciLM / Nemotron-NAS export on a CPU, so tests load exports with engine code
+        # (mlx-lm's nemotron-nas model; vLLM's CPU build pins another transformers and lives in its own venv).
+        "engines": ["mlx[cpu]==0.32.4; platform_system == 'Linux'", "mlx==0.32.4; platform_system == 'Darwin'", "mlx-lm==0.32.2"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton==3.6.0", "datasets>=3.0",
+                "mlx[cpu]==0.32.4; platform_system == 'Linux'", "mlx==0.32.4; platform_system == 'Darwin'", "mlx-lm==0.32.2"],
     },
     entry_points={"console_scripts": ["greenprune=greenprune.cli:main"]},
 )

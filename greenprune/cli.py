@@ -1,4 +1,4 @@
-"""The `greenprune` command line: prune, eval."""
+"""The `greenprune` command line: prune, eval, and (cli_deploy.py) export, stream, bench."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", default=None, help="dense reference model (default: the one in the model's report)")
     e.add_argument("--out", default=None, help="write the results as JSON here")
     _job_args(e)
+    from .cli_deploy import add_parsers
+
+    add_parsers(sub)  # export, stream, bench
     return ap
 
 
@@ -99,6 +102,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("GREENPRUNE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
     try:
+        from .cli_deploy import COMMANDS, run as run_deploy
+
+        if a.cmd in COMMANDS:
+            return run_deploy(a)
         from .report import print_eval, print_prune
 
         opts = _options(a)

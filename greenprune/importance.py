@@ -177,6 +177,30 @@ def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def attach_stat_hooks(layer, st: LayerStats, gram: bool = False) -> list:
+    """Hooks on one decoder layer that accumulate its statistics into `st`; the caller removes the handles.
+    Shared by the whole-model pass below and the layer-streaming pass (stream.py)."""
+    def ffn_hook(mod, args):
+        st.ffn.update(args[0])  # returns None: the input passes on unchanged
+        if gram:
+            st.ffn_gram = _add_gram(st.ffn_gram, args[0])
+
+    def attn_hook(mod, args):
+        st.attn.update(args[0])
+        if gram:
+            st.attn_gram = _add_gram(st.attn_gram, args[0])
+
+    def cos_hook(mod, args, kwargs, out):
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        c = torch.nn.functional.cosine_similarity(x.float(), _layer_output(out).float(), dim=-1)
+        st.cos_sum += c.sum().item()
+        st.cos_count += c.numel()
+
+    return [layer.mlp.down_proj.register_forward_pre_hook(ffn_hook),
+            layer.self_attn.o_proj.register_forward_pre_hook(attn_hook),
+            layer.register_forward_hook(cos_hook, with_kwargs=True)]
+
+
 @torch.no_grad()
 def collect_activation_stats(model, blocks: torch.Tensor, batch_size: int = 4, progress: bool = True,
                              gram: bool = False) -> list[LayerStats]:
@@ -184,28 +208,7 @@ def collect_activation_stats(model, blocks: torch.Tensor, batch_size: int = 4, p
     (gram: also the [C, C] second-moment matrices of the FFN intermediate and attention output)."""
     layers = model.model.layers
     stats = [LayerStats(ChannelStats(), ChannelStats()) for _ in layers]
-    handles = []
-    for st, layer in zip(stats, layers):
-        def ffn_hook(mod, args, st=st):
-            st.ffn.update(args[0])  # returns None: the input passes on unchanged
-            if gram:
-                st.ffn_gram = _add_gram(st.ffn_gram, args[0])
-
-        def attn_hook(mod, args, st=st):
-            st.attn.update(args[0])
-            if gram:
-                st.attn_gram = _add_gram(st.attn_gram, args[0])
-
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_hook))
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook))
-
-        def cos_hook(mod, args, kwargs, out, st=st):
-            x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            c = torch.nn.functional.cosine_similarity(x.float(), _layer_output(out).float(), dim=-1)
-            st.cos_sum += c.sum().item()
-            st.cos_count += c.numel()
-
-        handles.append(layer.register_forward_hook(cos_hook, with_kwargs=True))
+    handles = [h for st, layer in zip(stats, layers) for h in attach_stat_hooks(layer, st, gram)]
     try:
         for s in tqdm(range(0, len(blocks), batch_size), desc="activation statistics", disable=not progress):
             model(blocks[s : s + batch_size], use_cache=False)

@@ -123,8 +123,10 @@ def resolve_model(spec: Optional[str]) -> str:
     return spec  # a hub id such as 'codellama/CodeLlama-7b-hf'
 
 
-def load_model(spec: Optional[str] = None, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from a HF directory, a .gguf file, a hub id, or the embedded default."""
+def load_model(spec: Optional[str] = None, dtype: torch.dtype = torch.float32, device_map: Optional[str] = None):
+    """Load (model, tokenizer) from a HF directory, a .gguf file, a hub id, or the embedded default.
+    device_map ("auto", "cpu", "cuda:0", ...) places the weights with accelerate: "auto" spreads a model that
+    does not fit one GPU over all visible GPUs (then CPU memory), layer by layer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from . import modeling  # noqa: F401  registers greenprune_llama with the Auto classes
@@ -149,7 +151,8 @@ def load_model(spec: Optional[str] = None, dtype: torch.dtype = torch.float32):
         raise GreenpruneError(f"cannot read the config of {where}: {type(e).__name__}: {e}") from e
     check_architecture(config, where)
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True)
+        extra = {} if device_map is None else {"device_map": device_map}
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True, **extra)
         tok = AutoTokenizer.from_pretrained(where)
     except Exception as e:
         raise GreenpruneError(f"cannot load model {where}: {type(e).__name__}: {e}") from e

@@ -1,0 +1,219 @@
+"""End to end, dense vs pruned side by side in bf16: prefill (several lengths) and decode (batch 1, 8, 32).
+
+1. Llama-2-70B-shaped decoder-layer slices (random weights; all 80 layers are equal, so a slice of SLICE
+   layers times the layer count gives the stack): plans from greenprune.shapes.target_plan at the 49B/70B and
+   35B/70B parameter ratios (aligned FFN widths; variants with layers removed and with KV groups removed). The
+   whole-model figure is extrapolated from the per-layer time (kept layers x pruned layer time vs 80 x dense
+   layer time; embedding and head excluded) and is labelled `extrapolated`.
+2. A whole Llama-2-7B-shaped model (random weights), 49B/70B-ratio plan (keep 0.7).
+3. The real default model (SmolLM2-135M-Instruct): GREENPRUNE_BENCH_PRUNED=DIR benches a saved pruned model
+   (e.g. `greenprune prune` output); otherwise a uniform FLAP plan at 22% made here on stdlib calibration.
+Every figure carries its floor: prefill as a fraction of the cuBLAS bf16 ceiling (FLOPs), decode as a fraction
+of the copy ceiling (weight + KV-cache bytes); `ideal_speedup` is the FLOPs or bytes ratio. GPU only.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("end-to-end benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
+
+from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
+
+from greenprune.plan import ModelShape  # noqa: E402
+from greenprune.prune import derive_config  # noqa: E402
+from greenprune.shapes import LLAMA2_7B, LLAMA2_70B, target_plan  # noqa: E402
+
+SLICE = 4
+PREFILL = [512, 2048, 4096]
+DECODE = [1, 8, 32]
+CONTEXT = 512  # tokens already in the KV cache when decode steps are timed
+BF = dict(device="cuda", dtype=torch.bfloat16)
+RATIOS = {"49B/70B": 49 / 70, "35B/70B": 35 / 70}
+
+
+def _config(shape: ModelShape, layers: int) -> LlamaConfig:
+    return LlamaConfig(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, num_hidden_layers=layers,
+                       num_attention_heads=shape.num_attention_heads, num_key_value_heads=shape.num_key_value_heads,
+                       head_dim=shape.head_dim, vocab_size=shape.vocab_size, max_position_embeddings=8192,
+                       tie_word_embeddings=shape.tie_word_embeddings, attn_implementation="sdpa")
+
+
+def _slice(cfg: LlamaConfig, widths: list[tuple[int, int]]):
+    """Decoder layers with per-layer (FFN width, KV heads), random bf16 weights, plus the rotary embedding."""
+    layers = []
+    for i, (w, kv) in enumerate(widths):
+        c = LlamaConfig(**{**cfg.to_dict(), "intermediate_size": w, "num_key_value_heads": kv,
+                           "num_attention_heads": kv * cfg.num_attention_heads // cfg.num_key_value_heads})
+        c._attn_implementation = "sdpa"
+        with torch.device("cuda"):
+            layer = LlamaDecoderLayer(c, i).to(torch.bfloat16).eval()
+        for p in layer.parameters():
+            torch.nn.init.normal_(p, std=0.02)
+        layers.append(layer)
+    cache_cfg = LlamaConfig(**{**cfg.to_dict(), "num_hidden_layers": len(widths)})
+    return layers, LlamaRotaryEmbedding(cfg).to("cuda"), cache_cfg
+
+
+def _layer_bytes_flops(shape: ModelShape, widths, T: int, ctx: int, batch: int):
+    """Weight bytes, KV bytes read at decode, and FLOPs for T new tokens per sequence (causal attention)."""
+    w_bytes = sum(shape.layer_params(w, kv) for w, kv in widths) * 2
+    kv_bytes = sum(batch * (ctx + T) * 2 * kv * shape.head_dim * 2 for _, kv in widths)
+    lin = sum(shape.layer_params(w, kv) - 2 * shape.hidden_size for w, kv in widths)
+    heads = [kv * shape.heads_per_group for _, kv in widths]
+    attn = sum(4 * batch * h * shape.head_dim * T * (ctx + (T + 1) / 2) for h in heads)
+    return w_bytes, kv_bytes, 2 * batch * T * lin + attn
+
+
+@torch.no_grad()
+def _slice_fns(layers, rotary, cache_cfg, batch: int, T: int, ctx: int):
+    h = torch.randn(batch, T, layers[0].hidden_size, **BF)
+    cache = None
+    if ctx:
+        cache = StaticCache(config=cache_cfg, max_cache_len=ctx + T)
+        pre = torch.randn(batch, ctx, layers[0].hidden_size, **BF)
+        pos = torch.arange(ctx, device="cuda").unsqueeze(0)
+        pe = rotary(pre, pos)
+        for layer in layers:
+            layer(pre, position_embeddings=pe, position_ids=pos, past_key_values=cache, cache_position=pos[0])
+    pos = torch.arange(ctx, ctx + T, device="cuda").unsqueeze(0)
+    pe = rotary(h, pos)
+
+    @torch.no_grad()
+    def run():
+        x = h
+        for layer in layers:  # the same cache slots every call: constant cost per repeat
+            x = layer(x, position_embeddings=pe, position_ids=pos, past_key_values=cache, cache_position=pos[0])
+        return x
+
+    return run
+
+
+def _record(measure, benchmark, shape, dense_w, pruned_w, mode, batch, T, ctx, **extra):
+    d_layers, rot, d_cfg = _slice(_config(shape, len(dense_w)), dense_w)
+    p_layers, _, p_cfg = _slice(_config(shape, len(pruned_w)), pruned_w)
+    dense_fn = _slice_fns(d_layers, rot, d_cfg, batch, T, ctx)
+    pruned_fn = _slice_fns(p_layers, rot, p_cfg, batch, T, ctx)
+    db, dk, df = _layer_bytes_flops(shape, dense_w, T, ctx, batch)
+    pb, pk, pf = _layer_bytes_flops(shape, pruned_w, T, ctx, batch)
+    if mode == "prefill":
+        ideal = df / pf
+        ms = measure(pruned_fn, flops=pf, baseline=dense_fn, ideal_speedup=ideal, dense_flops=df, **extra)
+    else:
+        ideal = (db + dk) / (pb + pk)
+        ms = measure(pruned_fn, bytes=pb + pk, baseline=dense_fn, ideal_speedup=ideal, dense_bytes=db + dk, **extra)
+    info = benchmark.extra_info
+    info["frac_of_ideal_speedup"] = info["speedup_vs_baseline"] / ideal
+    return ms
+
+
+@pytest.mark.parametrize("variant", ["ffn", "ffn+layers", "ffn+kv"])
+@pytest.mark.parametrize("ratio", list(RATIOS))
+@pytest.mark.parametrize("mode,batch,T", [("prefill", 1, t) for t in PREFILL] + [("decode", b, 1) for b in DECODE])
+def bench_llama70b_slice(benchmark, measure, ratio, variant, mode, batch, T):
+    benchmark.group = f"llama-2-70b slice {mode} B={batch} T={T}"
+    shape = LLAMA2_70B
+    plan = target_plan(shape, RATIOS[ratio], variant)
+    dense_w = [(shape.intermediate_size, shape.num_key_value_heads)] * SLICE
+    pruned_w = [(lp.ffn_width, lp.kv_heads) for lp in plan.layers[:SLICE]]
+    ctx = 0 if mode == "prefill" else CONTEXT
+    _record(measure, benchmark, shape, dense_w, pruned_w, mode, batch, T, ctx, ratio=ratio, variant=variant,
+            ffn_width=pruned_w[0][0], kv_heads=pruned_w[0][1], layers_kept=len(plan.layers),
+            params_kept=plan.params() / shape.dense_params)
+    info = benchmark.extra_info
+    # whole stack from the per-layer times (embedding and LM head excluded): labelled as extrapolated
+    info["extrapolated_stack_speedup"] = info["speedup_vs_baseline"] * shape.num_hidden_layers / len(plan.layers)
+
+
+def _model(shape: ModelShape, plan=None):
+    cfg = _config(shape, shape.num_hidden_layers)
+    if plan is not None:
+        cfg = derive_config(cfg, plan)
+    with torch.device("cuda"):
+        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    return m
+
+
+def _model_fns(model, batch: int, T: int, ctx: int):
+    ids = torch.randint(0, model.config.vocab_size, (batch, T), device="cuda")
+    if not ctx:
+        return torch.no_grad()(lambda: model(ids, use_cache=False))
+    cache = StaticCache(config=model.config, max_cache_len=ctx + T)
+    with torch.no_grad():
+        model(torch.randint(0, model.config.vocab_size, (batch, ctx), device="cuda"), past_key_values=cache,
+              cache_position=torch.arange(ctx, device="cuda"))
+    pos = torch.arange(ctx, ctx + T, device="cuda")
+    return torch.no_grad()(lambda: model(ids, past_key_values=cache, cache_position=pos))
+
+
+def _model_bytes_flops(model, batch, T, ctx):
+    shape = ModelShape.from_config(model.config)
+    c = model.config
+    widths = list(zip(getattr(c, "layer_intermediate_sizes", None) or [c.intermediate_size] * c.num_hidden_layers,
+                      getattr(c, "layer_num_key_value_heads", None) or [c.num_key_value_heads] * c.num_hidden_layers))
+    wb, kb, fl = _layer_bytes_flops(shape, widths, T, ctx, batch)
+    head = shape.vocab_params(shape.vocab_size) * 2
+    return wb + kb + head, fl + 2 * batch * T * shape.hidden_size * shape.vocab_size
+
+
+def _bench_models(measure, benchmark, dense, pruned, mode, batch, T, **extra):
+    ctx = 0 if mode == "prefill" else CONTEXT
+    dfn, pfn = _model_fns(dense, batch, T, ctx), _model_fns(pruned, batch, T, ctx)
+    db, df = _model_bytes_flops(dense, batch, T, ctx)
+    pb, pf = _model_bytes_flops(pruned, batch, T, ctx)
+    ideal = df / pf if mode == "prefill" else db / pb
+    kw = dict(flops=pf) if mode == "prefill" else dict(bytes=pb)
+    measure(pfn, baseline=dfn, ideal_speedup=ideal, **kw, **extra)
+    benchmark.extra_info["frac_of_ideal_speedup"] = benchmark.extra_info["speedup_vs_baseline"] / ideal
+
+
+@pytest.fixture(scope="module")
+def llama7b_pair():
+    plan = target_plan(LLAMA2_7B, 49 / 70, "ffn")
+    dense = _model(LLAMA2_7B)
+    pruned = _model(LLAMA2_7B, plan)
+    yield dense, pruned, plan
+    del dense, pruned
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("mode,batch,T", [("prefill", 1, t) for t in PREFILL] + [("decode", b, 1) for b in DECODE])
+def bench_llama7b_model(benchmark, measure, llama7b_pair, mode, batch, T):
+    benchmark.group = f"llama-2-7b model {mode} B={batch} T={T}"
+    dense, pruned, plan = llama7b_pair
+    _bench_models(measure, benchmark, dense, pruned, mode, batch, T, ffn_width=plan.layers[0].ffn_width,
+                  params_kept=plan.params() / plan.shape.dense_params)
+
+
+@pytest.fixture(scope="module")
+def default_pair():
+    from greenprune import data as data_mod
+    from greenprune.importance import score_model
+    from greenprune.models import load_model
+    from greenprune.planner import PlanOptions, make_plan
+    from greenprune.prune import prune_model
+
+    dense, tok = load_model(None, dtype=torch.bfloat16)
+    saved = os.environ.get("GREENPRUNE_BENCH_PRUNED")
+    if saved:
+        pruned, _ = load_model(saved, dtype=torch.bfloat16)
+        source = saved
+    else:
+        calib, _ = data_mod.calibration_and_heldout("stdlib")
+        blocks = data_mod.token_blocks(tok, calib, 256, 1024)
+        shape = ModelShape.from_config(dense.config)
+        scores = score_model(dense.float(), blocks, "flap", progress=False)
+        dense = dense.to(torch.bfloat16)
+        plan = make_plan(shape, scores, PlanOptions(ratio=0.22, method="uniform"), None)
+        pruned = prune_model(dense, plan)
+        source = "uniform flap 22% (made by the bench)"
+    yield dense.to("cuda"), pruned.to("cuda"), source
+
+
+@pytest.mark.parametrize("mode,batch,T", [("prefill", 1, t) for t in PREFILL] + [("decode", b, 1) for b in DECODE])
+def bench_default_model(benchmark, measure, default_pair, mode, batch, T):
+    benchmark.group = f"smollm2-135m {mode} B={batch} T={T}"
+    dense, pruned, source = default_pair
+    _bench_models(measure, benchmark, dense, pruned, mode, batch, T, pruned_model=source)

@@ -1,0 +1,231 @@
+"""`greenprune bench`: prefill and decode throughput of a pruned model and its dense reference, side by side.
+
+Prefill: one forward over a [1, L] prompt per prompt length (tokens/s = L / time). Decode: a [B, P] prompt
+fills the KV cache, then greedy steps of [B, 1] are timed (tokens/s = B * steps / time). Dense and pruned are
+timed alternately in every repeat (medians reported), so drift of a shared machine hits both alike. CPU: eager
+float32. CUDA: bf16, CUDA-event timing; --compile uses torch.compile(mode="reduce-overhead") on a static KV cache
+(CUDA graphs). Results: bench.json (device, versions, date, command) and bench.png.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ._version import __version__
+from .errors import GreenpruneError
+from .models import load_model, num_params, write_json_atomic
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    prompt_lens: tuple[int, ...] = (128, 512, 2048)
+    batches: tuple[int, ...] = (1, 8, 32)
+    decode_prompt: int = 64  # prompt length before the timed decode steps
+    decode_tokens: int = 32  # timed decode steps
+    repeats: int = 3
+    compile: bool = False  # CUDA only: torch.compile + static cache (CUDA graphs)
+    device_map: Optional[str] = None  # e.g. "auto": accelerate spreads the models over the visible GPUs
+
+    def validate(self) -> None:
+        if not self.prompt_lens or min(self.prompt_lens) < 1 or not self.batches or min(self.batches) < 1:
+            raise GreenpruneError("--prompt-lens and --batch need positive integers")
+        if self.decode_tokens < 1 or self.decode_prompt < 1 or self.repeats < 1:
+            raise GreenpruneError("--decode-tokens, --decode-prompt and --repeats must be >= 1")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_info(device: torch.device) -> dict:
+    import transformers
+
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["greenprune"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("greenprune") else " ".join(sys.argv),
+            "device": device_name(device), "device_type": device.type, "greenprune": __version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu_count"] = torch.cuda.device_count()
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)  # a shared machine shows here
+    return info
+
+
+def _timer(device: torch.device) -> Callable[[Callable], float]:
+    def cpu(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def cuda(fn):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    return cuda if device.type == "cuda" else cpu
+
+
+class Runner:
+    """Prefill and decode closures for one model (eager, or compiled with a static cache on CUDA)."""
+
+    def __init__(self, model, compile: bool):
+        self.model, self.compile = model, compile
+        self.device = next(model.parameters()).device
+        self.vocab = model.config.vocab_size
+        self._step = torch.compile(model.forward, mode="reduce-overhead") if compile else model.forward
+
+    def ids(self, b: int, n: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(0, self.vocab, (b, n), generator=g).to(self.device)
+
+    def prefill(self, length: int) -> Callable[[], None]:
+        x = self.ids(1, length)
+        return torch.no_grad()(lambda: self.model(x, use_cache=False))
+
+    def decode(self, batch: int, prompt: int, steps: int) -> tuple[Callable[[], None], Callable[[], None]]:
+        """(setup, timed): setup fills a fresh KV cache with the prompt; timed runs `steps` greedy steps."""
+        from transformers import DynamicCache, StaticCache
+
+        state = {}
+        x = self.ids(batch, prompt, seed=1)
+
+        def setup():
+            cache = StaticCache(config=self.model.config, max_cache_len=prompt + steps) if self.compile else DynamicCache(config=self.model.config)
+            out = self.model(x, past_key_values=cache, use_cache=True, cache_position=torch.arange(prompt, device=self.device))
+            state.update(cache=cache, tok=out.logits[:, -1:].argmax(-1))
+
+        def timed():
+            tok, cache = state["tok"], state["cache"]
+            for s in range(steps):
+                pos = torch.tensor([prompt + s], device=self.device)
+                out = self._step(input_ids=tok, past_key_values=cache, use_cache=True, cache_position=pos)
+                tok = out.logits[:, -1:].argmax(-1)
+
+        return torch.no_grad()(setup), torch.no_grad()(timed)
+
+
+def _measure(runners: dict, make: Callable, timer, repeats: int, tokens: int) -> dict:
+    """Alternate models within each repeat (one warm-up first); tokens/s from the median time."""
+    times = {k: [] for k in runners}
+    for rep in range(repeats + 1):
+        for name, r in runners.items():
+            setup, fn = make(r)
+            setup()
+            t = timer(fn)
+            if rep > 0:
+                times[name].append(t)
+    return {name: {"median_s": statistics.median(ts), "tokens_per_s": tokens / statistics.median(ts),
+                   "times_s": [round(t, 6) for t in ts]} for name, ts in times.items()}
+
+
+def run_bench(model: str, reference: Optional[str], opts: BenchOptions, out: Optional[str] = None,
+              progress: bool = True) -> dict:
+    opts.validate()
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    device_map = opts.device_map or ("cuda" if cuda else None)
+    if opts.compile and not cuda:
+        raise GreenpruneError("--compile needs CUDA (CUDA graphs); the CPU run is eager")
+    models, paths = {}, {}
+    if reference is not None or _has_default_reference(model):
+        models["dense"], _ = load_model(reference, dtype=dtype, device_map=device_map)
+        paths["dense"] = reference or "default:SmolLM2-135M-Instruct"
+    models["pruned"], _ = load_model(model, dtype=dtype, device_map=device_map)
+    paths["pruned"] = model
+    runners = {k: Runner(m, opts.compile) for k, m in models.items()}
+    device = runners["pruned"].device
+    timer = _timer(device)
+    res = {"info": run_info(device), "options": asdict(opts), "dtype": str(dtype).replace("torch.", ""),
+           "models": {k: {"path": str(paths[k]), "params": num_params(m), "layers": m.config.num_hidden_layers,
+                          "vocab": m.config.vocab_size} for k, m in models.items()},
+           "prefill": [], "decode": []}
+    for length in opts.prompt_lens:
+        r = _measure(runners, lambda rn: (lambda: None, rn.prefill(length)), timer, opts.repeats, length)
+        res["prefill"].append({"prompt_len": length, **_row(r)})
+        _say(progress, f"prefill L={length}", r)
+    for b in opts.batches:
+        r = _measure(runners, lambda rn: rn.decode(b, opts.decode_prompt, opts.decode_tokens), timer, opts.repeats,
+                     b * opts.decode_tokens)
+        res["decode"].append({"batch": b, **_row(r)})
+        _say(progress, f"decode B={b}", r)
+    if out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(d / "bench.json", res)
+        plot_bench(res, d / "bench.png")
+    return res
+
+
+def _has_default_reference(model: str) -> bool:
+    """A model saved by `greenprune prune` from the embedded default names it in its report."""
+    import json
+
+    rp = Path(model) / "greenprune_report.json"
+    return rp.exists() and str(json.loads(rp.read_text()).get("source_model", "")).startswith("default:")
+
+
+def _row(r: dict) -> dict:
+    row = {f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in r.items()}
+    row.update({f"{k}_times_s": v["times_s"] for k, v in r.items()})
+    if "dense" in r:
+        row["speedup"] = r["pruned"]["tokens_per_s"] / r["dense"]["tokens_per_s"]
+    return row
+
+
+def _say(progress: bool, what: str, r: dict) -> None:
+    if progress:
+        parts = [f"{k} {v['tokens_per_s']:.1f} tok/s" for k, v in r.items()]
+        print(f"{what}: " + ", ".join(parts), file=sys.stderr)
+
+
+def plot_bench(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "prefill", "prompt_len"), (axes[1], "decode", "batch")):
+        rows = res[key]
+        xs = range(len(rows))
+        names = [n for n in ("dense", "pruned") if rows and f"{n}_tokens_per_s" in rows[0]]
+        wd = 0.8 / len(names)
+        for j, n in enumerate(names):
+            vals = [r[f"{n}_tokens_per_s"] for r in rows]
+            ax.bar([x + j * wd for x in xs], vals, wd, label=n)
+        for x, r in zip(xs, rows):
+            if "speedup" in r:
+                top = max(r[f"{n}_tokens_per_s"] for n in names)
+                ax.text(x + wd * (len(names) - 1) / 2, top, f"{r['speedup']:.2f}x", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks([x + wd * (len(names) - 1) / 2 for x in xs], [str(r[label]) for r in rows])
+        ax.set_xlabel("prompt length" if key == "prefill" else "batch")
+        ax.set_ylabel("tokens / s")
+        ax.set_title(f"{key} ({res['dtype']})")
+        ax.legend()
+    n = res["info"]["torch_threads"]
+    fig.suptitle(f"{res['info']['device']} - torch {res['info']['torch']}, {n} thread{'s' if n != 1 else ''}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

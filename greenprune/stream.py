@@ -1,0 +1,295 @@
+"""Layer-streaming pruning: checkpoints larger than memory, one decoder layer at a time.
+
+Pass 1 (statistics): embed the calibration blocks, then for each layer read only that layer's tensors from the
+shards (`safe_open`), run it on the hidden states carried forward from the previous layer, collect the same
+activation statistics the whole-model pass collects (importance.attach_stat_hooks, same batches, same order),
+score it, keep the scores (one float per channel / KV group) and the layer's output, and free the layer.
+Plan: from the streamed scores only. `uniform` (one FFN width for all layers) and `layers` (block influence)
+are the in-memory planner's methods on the same scores; `global` ranks every layer's channels together after
+standardising scores within each layer (FLAP's adaptive structure), so widths follow importance. The KL-guided
+`unified` method needs whole-model forward passes per candidate change and is not available here.
+Pass 2 (write): read each kept layer again, slice it by the plan, write it as its own output shard.
+
+Memory: one layer's weights (in the compute dtype, plus its source copy while converting) plus the carried
+hidden states [N, L, hidden] and one batch's activations. The result equals `prune_model` on the
+whole model exactly (tests/test_stream.py). Interrupted runs resume from OUT.stream-state (pass 1 is saved
+after every layer: scores and the carried hidden states).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .errors import GreenpruneError
+from .importance import SCORERS, LayerStats, Scores, attach_stat_hooks, get_scorer
+from .kernels import ChannelStats
+from .models import atomic_dir, check_architecture, write_json_atomic
+from .plan import LayerPlan, ModelShape, PruningPlan, keep_top
+from .planner import PlanOptions, ffn_widths, make_plan
+from .prune import _slice_layer, derive_config
+from .shards import CheckpointReader, ShardWriter
+
+STREAM_METHODS = ("uniform", "global", "layers")
+STREAM_SCORERS = tuple(n for n, c in SCORERS.items() if c.needs is None)  # no gradients through the whole model
+_COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+               "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    ratio: float = 0.22
+    method: str = "uniform"
+    align: int = 64
+    max_ffn_prune: float = 0.75
+    scorer: str = "flap"
+    batch_size: int = 4  # blocks per forward: the whole-model pass uses 4 too (same sums, same order)
+    compute_dtype: str = "float32"
+    max_shard_bytes: int = 4 * 2**30
+
+    def validate(self) -> None:
+        if self.method not in STREAM_METHODS:
+            raise GreenpruneError(f"streaming method must be one of {', '.join(STREAM_METHODS)} (got '{self.method}'); "
+                                  "the KL-guided unified method needs the whole model")
+        if self.scorer not in STREAM_SCORERS:
+            raise GreenpruneError(f"streaming scorer must be one of {', '.join(STREAM_SCORERS)} (got '{self.scorer}'): "
+                                  "gradient scorers need the whole model")
+        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise GreenpruneError(f"compute dtype must be float32, bfloat16 or float16, got {self.compute_dtype}")
+        self.plan_options().validate()
+
+    def plan_options(self) -> PlanOptions:
+        return PlanOptions(ratio=self.ratio, align=self.align, method="uniform" if self.method == "global" else self.method,
+                           max_ffn_prune=self.max_ffn_prune, kv=False, drop_layers=self.method == "layers")
+
+
+def plan_global(shape: ModelShape, scores: Scores, opts: PlanOptions) -> PruningPlan:
+    """Per-layer FFN widths from one global ranking of standardised channel scores, under the parameter budget.
+    The threshold is the lowest that removes enough parameters once widths are rounded down to `align` and
+    clamped to `max_ffn_prune`; all KV groups and layers stay."""
+    F, G, L = shape.intermediate_size, shape.num_key_value_heads, shape.num_hidden_layers
+    need = math.ceil(opts.ratio * shape.dense_params)
+    z = [(s.double() - s.double().mean()) / s.double().std().clamp_min(1e-30) for s in scores.ffn]
+    allowed = ffn_widths(shape, opts)  # widest first
+    floor = allowed[-1]
+
+    def widths_at(t: float) -> list[int]:
+        out = []
+        for zi in z:
+            keep = F - int((zi < t).sum())
+            w = F if keep >= F else max(floor, keep // opts.align * opts.align)
+            out.append(w)
+        return out
+
+    def removed(ws) -> int:
+        return sum(shape.layer_params(F, G) - shape.layer_params(w, G) for w in ws)
+
+    cands = torch.cat(z).unique().sort().values.tolist() + [math.inf]
+    if removed(widths_at(math.inf)) < need:
+        raise GreenpruneError(f"--ratio {opts.ratio} is unreachable by FFN channels alone (at most "
+                              f"{opts.max_ffn_prune:.0%} per layer, align {opts.align})")
+    lo, hi = 0, len(cands) - 1  # smallest threshold index that meets the budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if removed(widths_at(cands[mid])) >= need:
+            hi = mid
+        else:
+            lo = mid + 1
+    ws = widths_at(cands[lo])
+    layers = tuple(LayerPlan(i, w, G, keep_top(scores.ffn[i], w), keep_top(scores.kv[i], G)) for i, w in enumerate(ws))
+    return PruningPlan(shape, layers, None, {"method": "global", "ratio_requested": opts.ratio, "align": opts.align,
+                                            "scorer": scores.scorer})
+
+
+def make_stream_plan(shape: ModelShape, scores: Scores, opts: StreamOptions) -> PruningPlan:
+    if opts.method == "global":
+        return plan_global(shape, scores, opts.plan_options())
+    return make_plan(shape, scores, opts.plan_options(), None)
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; 0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class _State:
+    """Pass-1 progress beside the output: scores so far and the carried hidden states, saved after every layer."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+
+    def load(self):
+        meta = self.path / "state.json"
+        if not meta.exists():
+            return None
+        m = json.loads(meta.read_text())
+        if m.get("key") != self.key:
+            return None
+        t = load_file(str(self.path / "state.safetensors"))
+        n = m["layers_done"]
+        return n, t["hidden"], [t[f"ffn.{i}"] for i in range(n)], [t[f"kv.{i}"] for i in range(n)], m["block_influence"]
+
+    def save(self, n: int, hidden, ffn, kv, bi) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tensors = {"hidden": hidden.contiguous(), **{f"ffn.{i}": f for i, f in enumerate(ffn)}, **{f"kv.{i}": k for i, k in enumerate(kv)}}
+        save_file(tensors, str(self.path / "state.safetensors.tmp"))
+        (self.path / "state.safetensors.tmp").replace(self.path / "state.safetensors")
+        write_json_atomic(self.path / "state.json", {"key": self.key, "layers_done": n, "block_influence": bi})
+
+
+def _layer_module(config, i: int, reader: CheckpointReader, dtype: torch.dtype):
+    """Decoder layer i with its weights read tensor by tensor (each file opened, read, closed: at most one source
+    tensor and its mapped pages exist beside the converted layer)."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    with torch.device("meta"):
+        layer = LlamaDecoderLayer(config, i)
+    prefix = f"model.layers.{i}."
+    sd = {k[len(prefix):]: reader.get(k).to(dtype) for k in reader.layer_keys(i)}
+    missing, unexpected = layer.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise GreenpruneError(f"layer {i}: checkpoint tensors do not match the config: missing {missing}, unexpected {unexpected}")
+    return layer.eval()
+
+
+@torch.no_grad()
+def stream_statistics(src: Path, config, blocks: torch.Tensor, opts: StreamOptions, state: Optional[_State] = None,
+                      progress: bool = True) -> tuple[Scores, dict]:
+    """Pass 1: per-layer scores of the dense checkpoint from the streamed layer inputs."""
+    from transformers.masking_utils import create_causal_mask
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    dtype = getattr(torch, opts.compute_dtype)
+    reader = CheckpointReader(src)
+    shape = ModelShape.from_config(config)
+    scorer = get_scorer(opts.scorer)
+    done, ffn, kv, bi = 0, [], [], []
+    resumed = state.load() if state is not None else None
+    if resumed is not None:
+        done, x, ffn, kv, bi = resumed
+    else:
+        emb = reader.get("model.embed_tokens.weight")
+        x = emb[blocks].to(dtype)  # [N, L, hidden], as nn.Embedding computes it
+        del emb
+    pos = torch.arange(blocks.shape[1]).unsqueeze(0)
+    rotary = LlamaRotaryEmbedding(config)
+    layer_rss, t0 = [], time.perf_counter()
+    for i in tqdm(range(done, shape.num_hidden_layers), desc="streaming layers (statistics)", disable=not progress,
+                  initial=done, total=shape.num_hidden_layers):
+        layer = _layer_module(config, i, reader, dtype)
+        st = LayerStats(ChannelStats(), ChannelStats())
+        handles = attach_stat_hooks(layer, st)
+        try:
+            for s in range(0, len(x), opts.batch_size):
+                xb = x[s : s + opts.batch_size]
+                mask = create_causal_mask(config=config, inputs_embeds=xb, attention_mask=None, past_key_values=None, position_ids=pos)
+                x[s : s + opts.batch_size] = layer(xb, attention_mask=mask, position_ids=pos,
+                                                   position_embeddings=rotary(xb, position_ids=pos))
+        finally:
+            for h in handles:
+                h.remove()
+        ffn.append(scorer.ffn(layer, st).float().cpu())
+        kv.append(scorer.kv(layer, st, shape).float().cpu())
+        bi.append(st.block_influence)
+        layer_rss.append(rss_bytes())
+        del layer, st
+        if state is not None:
+            state.save(i + 1, x, ffn, kv, bi)
+    info = {"rss_after_each_layer_bytes": layer_rss, "resumed_at_layer": done if resumed else None,
+            "seconds": round(time.perf_counter() - t0, 2)}
+    return Scores(ffn, kv, bi, scorer.name), info
+
+
+def _run_key(src: Path, blocks: torch.Tensor, opts: StreamOptions) -> str:
+    h = hashlib.sha256()
+    h.update(str(src.resolve()).encode())
+    h.update(blocks.numpy().tobytes())
+    h.update(json.dumps(asdict(opts), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def stream_prune(model_dir: str, out: str, blocks: torch.Tensor, opts: StreamOptions = StreamOptions(),
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Prune a sharded safetensors checkpoint layer by layer into `out`; returns the report (also written there)."""
+    from transformers import AutoConfig
+
+    opts.validate()
+    src, out_p = Path(model_dir), Path(out)
+    if not (src / "config.json").exists():
+        raise GreenpruneError(f"{src}: no config.json (streaming needs a safetensors checkpoint directory)")
+    if out_p.exists() and not overwrite:
+        raise GreenpruneError(f"output directory {out_p} exists (use --overwrite to replace it)")
+    if blocks.dim() != 2 or blocks.numel() == 0:
+        raise GreenpruneError("calibration blocks must be a non-empty [N, L] tensor of token ids")
+    config = AutoConfig.from_pretrained(str(src))
+    check_architecture(config, str(src))
+    if config.model_type == "greenprune_llama":
+        raise GreenpruneError("this model is already pruned per layer; stream the dense model instead")
+    if int(blocks.max()) >= config.vocab_size or int(blocks.min()) < 0:
+        raise GreenpruneError(f"calibration token ids must be in [0, {config.vocab_size})")
+    config._attn_implementation = "sdpa"  # what from_pretrained picks here: same kernels as the whole-model pass
+    shape = ModelShape.from_config(config)
+    state = _State(out_p.with_name(out_p.name + ".stream-state"), _run_key(src, blocks, opts))
+    t0 = time.perf_counter()
+    scores, info = stream_statistics(src, config, blocks, opts, state, progress)
+    plan = make_stream_plan(shape, scores, opts)
+    reader = CheckpointReader(src)
+    cfg = derive_config(config, plan)
+    with atomic_dir(out_p, overwrite=overwrite) as tmp:
+        w = ShardWriter(tmp, opts.max_shard_bytes)
+        head = ["model.embed_tokens.weight", "model.norm.weight"]
+        if not shape.tie_word_embeddings:
+            head.append("lm_head.weight")
+        for name in head:
+            w.add(name, reader.get(name))
+        w.flush()
+        for new, lp in enumerate(tqdm(plan.layers, desc="streaming layers (write)", disable=not progress)):
+            prefix = f"model.layers.{lp.index}."
+            for k in reader.layer_keys(lp.index):  # one source tensor at a time; the sliced layer is buffered
+                name = k[len(prefix):]
+                w.add(f"model.layers.{new}.{name}", _slice_layer(name, reader.get(k), lp, shape).contiguous())
+            w.flush()  # one shard per layer: memory stays one layer
+        w.finish()
+        cfg.save_pretrained(tmp)
+        for f in _COPY_FILES:
+            if (src / f).exists():
+                shutil.copy2(src / f, tmp / f)
+        plan.save(tmp / "plan.json")
+        report = {"source_model": str(src), "options": asdict(opts), "plan": plan.to_dict()["summary"],
+                  "calibration": {"blocks": list(blocks.shape)},
+                  "memory": {"peak_rss_bytes": peak_rss_bytes(), **memory_budget(shape, blocks, opts)},
+                  "statistics": info, "seconds": round(time.perf_counter() - t0, 2)}
+        write_json_atomic(tmp / "greenprune_stream_report.json", report)
+    shutil.rmtree(state.path, ignore_errors=True)
+    return report
+
+
+def memory_budget(shape: ModelShape, blocks: torch.Tensor, opts: StreamOptions) -> dict:
+    """The stated budget: one dense layer (in the compute dtype) + the carried hidden states + one batch's
+    largest activations (FFN gate/up/product, attention scores of one batch), in bytes."""
+    item = torch.tensor([], dtype=getattr(torch, opts.compute_dtype)).element_size()
+    layer = shape.layer_params(shape.intermediate_size, shape.num_key_value_heads) * item
+    n, l = blocks.shape
+    hidden = n * l * shape.hidden_size * item
+    b = min(opts.batch_size, n)
+    acts = b * l * (3 * shape.intermediate_size + 4 * shape.hidden_size) * item + b * shape.num_attention_heads * l * l * item
+    return {"budget_layer_bytes": layer, "budget_hidden_states_bytes": hidden, "budget_batch_activations_bytes": acts,
+            "budget_total_bytes": layer + hidden + acts}

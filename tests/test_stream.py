@@ -1,0 +1,103 @@
+"""Layer-streaming pruning of a sharded checkpoint equals the whole-model prune exactly."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from greenprune.errors import GreenpruneError
+from greenprune.importance import score_model
+from greenprune.planner import make_plan
+from greenprune.prune import prune_model
+from greenprune.shards import CheckpointReader
+from greenprune.stream import StreamOptions, make_stream_plan, plan_global, stream_prune
+from greenprune.plan import ModelShape
+from helpers import tiny_model
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sharded") / "dense"
+    m = tiny_model(vocab_size=101, layers=4, hidden=64, ffn=192, heads=4, kv_heads=2, tie_word_embeddings=False)
+    m.save_pretrained(d, max_shard_size="60KB")
+    assert (d / "model.safetensors.index.json").exists() and len(list(d.glob("*.safetensors"))) > 3
+    return d
+
+
+def _blocks(n=6, length=24):
+    return torch.randint(0, 101, (n, length), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("method", ["uniform", "global", "layers"])
+def test_streamed_prune_equals_in_memory_prune(sharded, tmp_path, method):
+    opts = StreamOptions(ratio=0.25, method=method, align=16, max_shard_bytes=40_000)
+    blocks = _blocks()
+    report = stream_prune(str(sharded), str(tmp_path / "out"), blocks, opts, progress=False)
+    dense = AutoModelForCausalLM.from_pretrained(sharded, dtype=torch.float32).eval()
+    scores = score_model(dense, blocks, opts.scorer, progress=False)
+    plan = make_stream_plan(ModelShape.from_config(dense.config), scores, opts)
+    ref = prune_model(dense, plan)
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    saved = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert saved["layers"] == plan.to_dict()["layers"]
+    assert got.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[k], v), k
+    assert 1 - plan.params() / plan.shape.dense_params >= 0.25
+    assert report["memory"]["peak_rss_bytes"] > 0
+    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) >= len(plan.layers)  # one shard per layer at least
+    if method == "global":
+        assert len({lp.ffn_width for lp in plan.layers}) > 1  # importance-based widths differ across layers
+    if method == "layers":
+        assert len(plan.layers) < 4
+
+
+def test_global_plan_respects_budget_align_and_floor(sharded):
+    dense = AutoModelForCausalLM.from_pretrained(sharded, dtype=torch.float32).eval()
+    scores = score_model(dense, _blocks(), "flap", progress=False)
+    shape = ModelShape.from_config(dense.config)
+    for ratio in (0.1, 0.3, 0.45):
+        opts = StreamOptions(ratio=ratio, method="global", align=16, max_ffn_prune=0.75)
+        plan = plan_global(shape, scores, opts.plan_options())
+        assert plan.ratio() >= ratio
+        assert all(lp.ffn_width % 16 == 0 and lp.ffn_width >= 48 for lp in plan.layers)
+    with pytest.raises(GreenpruneError, match="unreachable"):
+        plan_global(shape, scores, StreamOptions(ratio=0.7, method="global", align=16).plan_options())
+
+
+def test_resume_after_interruption(sharded, tmp_path, monkeypatch):
+    import greenprune.stream as st
+
+    opts = StreamOptions(ratio=0.25, method="global", align=16)
+    blocks = _blocks()
+    real = st._layer_module
+
+    def failing(config, i, reader, dtype):
+        if i == 2:
+            raise KeyboardInterrupt
+        return real(config, i, reader, dtype)
+
+    monkeypatch.setattr(st, "_layer_module", failing)
+    with pytest.raises(KeyboardInterrupt):
+        stream_prune(str(sharded), str(tmp_path / "out"), blocks, opts, progress=False)
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.stream-state" / "state.json").exists()
+    monkeypatch.setattr(st, "_layer_module", real)
+    report = stream_prune(str(sharded), str(tmp_path / "out"), blocks, opts, progress=False)
+    assert report["statistics"]["resumed_at_layer"] == 2
+    assert not (tmp_path / "out.stream-state").exists()
+    fresh = stream_prune(str(sharded), str(tmp_path / "out2"), blocks, opts, progress=False)
+    assert report["plan"] == fresh["plan"]
+    a, b = CheckpointReader(tmp_path / "out"), CheckpointReader(tmp_path / "out2")
+    for k in a.keys():
+        assert torch.equal(a.get(k), b.get(k)), k
+
+
+def test_bad_inputs(sharded, tmp_path):
+    with pytest.raises(GreenpruneError, match="unified method needs the whole model"):
+        stream_prune(str(sharded), str(tmp_path / "o"), _blocks(), StreamOptions(method="unified"), progress=False)
+    with pytest.raises(GreenpruneError, match="gradient scorers"):
+        stream_prune(str(sharded), str(tmp_path / "o"), _blocks(), StreamOptions(scorer="taylor"), progress=False)
+    with pytest.raises(GreenpruneError, match=r"token ids must be in \[0, 101\)"):
+        stream_prune(str(sharded), str(tmp_path / "o"), _blocks() + 200, StreamOptions(), progress=False)
+    with pytest.raises(GreenpruneError, match="no config.json"):
+        stream_prune(str(tmp_path), str(tmp_path / "o"), _blocks(), StreamOptions(), progress=False)
