@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -25,8 +25,11 @@ from .plan import ModelShape, PruningPlan, resolve_plan
 from .planner import LayerwiseKL, PlanOptions, make_plan, measure_kl_tables
 from .plots import plot_plan
 from .prune import prune_model
-from .reconstruct import reconstruct_
+from .reconstruct import compensate_, reconstruct_
 from .vocab import close_vocabulary, prune_tokenizer, token_counts
+
+if TYPE_CHECKING:
+    from .recover import RecoverOptions
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "greenprune_report.json"
@@ -50,6 +53,8 @@ class JobOptions:
     nextline_samples: int = 32
     reconstruct: bool = False  # training-free least-squares refit of down_proj / o_proj (reconstruct.py)
     reconstruct_ridge: float = 1.0
+    bias_compensation: bool = False  # fold removed channels' mean output into biases (reconstruct.compensate_)
+    recover: Optional["RecoverOptions"] = None  # LoRA self-distillation after pruning (recover.py)
     plan_file: Optional[str] = None
     out: Optional[str] = None
     overwrite: bool = False
@@ -175,9 +180,19 @@ def run_prune(opts: JobOptions) -> dict:
     with timer("prune"):
         pruned = prune_model(dense, plan)
         pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
-    if opts.reconstruct:
+    if opts.bias_compensation:
+        with timer("reconstruct"):
+            compensate_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct, opts.reconstruct_ridge)
+    elif opts.reconstruct:
         with timer("reconstruct"):
             reconstruct_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct_ridge)
+    recovery = None
+    if opts.recover is not None:
+        from .recover import recover_after_prune
+
+        with timer("recover"):
+            pruned, history, recovery = recover_after_prune(pruned, pruned_tok, dense, tok, plan.vocab_keep, opts.recover,
+                                                            out, opts.data, opts.eval_data)
     report = {
         "greenprune_version": __version__,
         "source_model": str(opts.model or "default:SmolLM2-135M-Instruct"),
@@ -185,6 +200,7 @@ def run_prune(opts: JobOptions) -> dict:
         "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
         "plan": plan.to_dict(),
         "importance": {k: v for k, v in extra.items() if k != "scores"},
+        **({"recovery": recovery} if recovery is not None else {}),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
@@ -198,9 +214,19 @@ def run_prune(opts: JobOptions) -> dict:
                 pruned_tok.save_pretrained(tmp)
                 plan.save(tmp / "plan.json")
                 plot_plan(plan, tmp / "plan.png", extra.get("kl_tables"))
+                if recovery is not None:
+                    from .recover import plot_loss
+
+                    plot_loss(history, tmp / "loss.png")
                 report["size_on_disk"] = {"pruned_bytes": dir_size(tmp)}
                 report["timings_s"] = timer.times
                 write_json_atomic(tmp / REPORT_NAME, report)
+        if recovery is not None:
+            import shutil
+
+            from .recover import checkpoint_dir_for
+
+            shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)  # complete: nothing left to resume
     return report
 
 
