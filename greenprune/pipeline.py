@@ -9,7 +9,7 @@ import logging
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -53,13 +53,20 @@ class JobOptions:
     nextline_samples: int = 32
     reconstruct: bool = False  # training-free least-squares refit of down_proj / o_proj (reconstruct.py)
     reconstruct_ridge: float = 1.0
-    bias_compensation: bool = False  # fold removed channels' mean output into biases (reconstruct.compensate_)
+    # fold removed channels' mean output into down_proj/o_proj biases (reconstruct.compensate_). None: on for
+    # per-layer plans, which are saved as greenprune_llama anyway (measured on the unified 22% plan: 1.093x ->
+    # 1.072x dense bits/byte held-out stdlib, 1.119x -> 1.103x rich); off for uniform plans, which then stay a
+    # plain llama config that any Llama loader reads (--bias-compensation turns it on there too)
+    bias_compensation: Optional[bool] = None
     recover: Optional["RecoverOptions"] = None  # LoRA self-distillation after pruning (recover.py)
     plan_file: Optional[str] = None
     out: Optional[str] = None
     overwrite: bool = False
     evaluate: bool = True
     progress: bool = True
+
+    def use_bias_compensation(self, plan: PruningPlan) -> bool:
+        return (not plan.is_uniform) if self.bias_compensation is None else self.bias_compensation
 
     @property
     def use_vocab(self) -> bool:
@@ -113,8 +120,19 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
             tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
         extra["kl_tables"] = tables
     with timer("plan"):
-        plan = make_plan(shape, scores, opts.plan, vocab_keep, tables)
+        plan = make_plan(shape, scores, _with_bias_budget(opts, shape), vocab_keep, tables)
     return plan, extra
+
+
+def _with_bias_budget(opts: JobOptions, shape: ModelShape) -> PlanOptions:
+    """Plan options whose budget leaves room for the output biases of bias compensation (one hidden-size
+    vector per layer and projection), so the saved model still removes at least the requested fraction."""
+    could_be_used = opts.bias_compensation or (opts.bias_compensation is None and opts.plan.method == "unified"
+                                                and not opts.plan.uniform)
+    if not could_be_used:
+        return opts.plan
+    extra = shape.num_hidden_layers * shape.hidden_size * (2 if opts.plan.kv else 1)
+    return replace(opts.plan, ratio=min(opts.plan.ratio + extra / shape.dense_params, 0.99))
 
 
 def _fit_vocabulary(tokenizer, shape: ModelShape, keep: list[int], ratio: float) -> list[int]:
@@ -180,7 +198,7 @@ def run_prune(opts: JobOptions) -> dict:
     with timer("prune"):
         pruned = prune_model(dense, plan)
         pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
-    if opts.bias_compensation:
+    if opts.use_bias_compensation(plan):
         with timer("reconstruct"):
             compensate_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct, opts.reconstruct_ridge)
     elif opts.reconstruct:

@@ -249,9 +249,15 @@ def plot_loss(history: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(range(1, len(history["loss"]) + 1), history["loss"], lw=1)
+    loss = history["loss"]
+    ax.plot(range(1, len(loss) + 1), loss, lw=0.8, alpha=0.5, label="per step")
+    w = max(1, min(10, len(loss) // 5))
+    if w > 1:
+        avg = [sum(loss[i - w : i]) / w for i in range(w, len(loss) + 1)]
+        ax.plot(range(w, len(loss) + 1), avg, lw=2, label=f"mean of {w} steps")
+    ax.legend()
     ax.set_xlabel("step")
-    ax.set_ylabel("KL(dense || pruned), nats/token")
+    ax.set_ylabel("loss: KL(dense || pruned) (+ CE), nats/token")
     ax.set_title("greenprune recovery: LoRA self-distillation")
     ax.grid(alpha=0.3)
     fig.tight_layout()

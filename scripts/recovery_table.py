@@ -123,7 +123,7 @@ def main():
             ro = RecoverOptions(model=str(scratch / f"{ratio}-{start}"), reference=None, data=(a.lora_data,),
                                 steps=a.steps, lr=a.lr, rank=a.rank, batch_tokens=a.batch_tokens, seq_len=a.seq_len,
                                 ce_weight=a.ce_weight, out=str(scratch / f"{ratio}-{start}-lora"), overwrite=True,
-                                progress=False, eval_tokens=0)
+                                progress=True, eval_tokens=0)
             t = time.time()
             rep = run_recover(ro)
             cost = time.time() - t
