@@ -1,8 +1,12 @@
 """Recovery after pruning on the default model: bits per byte before recovery, after the training-free
 compensations (bias / least-squares refit / both), and after LoRA self-distillation toward the dense model.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/recovery_table.py --ratios 0.22 --steps 150 \
-        --out benches/results/recovery_cpu.json
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/recovery_table.py --ratios 0.22 --eval-tokens 4096 \
+        --plan PLAN.json --scratch DIR --out benches/results/recovery_cpu.json       # training-free rows
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/recovery_table.py --ratios 0.22 --eval-tokens 4096 --lora-only \
+        --lora-from refit+bias --steps 80 --scratch DIR --out benches/results/recovery_cpu.json   # + LoRA row
+(without --plan the unified plan is made first: the KL tables take most of the time; without --lora-only and
+with --steps N both parts run in one go, LoRA starting from the best training-free variant).
 
 Every row is scored on the same held-out texts (the stdlib held-out split and `rich`'s source, the README
 table's corpora) with the same budgets; rows are appended to the JSON as they finish, with their cost
@@ -52,9 +56,9 @@ def main():
     ap.add_argument("--lora-from", default="best", help="training-free variant LoRA starts from (best: lowest stdlib bpb)")
     ap.add_argument("--steps", type=int, default=0, help="LoRA steps (0: no LoRA rows)")
     ap.add_argument("--lora-data", default="stdlib")
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--batch-tokens", type=int, default=1024)
+    ap.add_argument("--batch-tokens", type=int, default=512)
     ap.add_argument("--ce-weight", type=float, default=0.0)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--seq-len", type=int, default=256)
