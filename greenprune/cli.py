@@ -161,6 +161,10 @@ def main(argv=None) -> int:
         print(f"greenprune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if a.cmd == "recover" or getattr(a, "recover", False):
+            print(f"greenprune: interrupted; the output was not written; recovery checkpoints (if any) are in "
+                  f"{a.out}.ckpt: run the same command again to resume", file=sys.stderr)
+            return 130
         print("greenprune: interrupted; nothing was written", file=sys.stderr)
         return 130
 
