@@ -39,6 +39,7 @@ setup(
         "tqdm",
         "rich",
         "matplotlib",
+        "peft>=0.17",  # LoRA recovery (recover.py); tested with 0.21.2 on transformers 5.17 / torch 2.13
     ],
     # triton is pinned: the kernels are tested under its interpreter, whose behaviour changes between
     # releases (3.9's interpreter rejects masks that 3.6 takes); 3.6 is also what the GPU machines carry.

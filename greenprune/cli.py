@@ -1,4 +1,4 @@
-"""The `greenprune` command line: prune, eval, and (cli_deploy.py) export, stream, bench."""
+"""The `greenprune` command line: prune, eval, recover, and (cli_deploy.py) export, stream, bench."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
     from .importance import SCORERS
     from .planner import METHODS
+    from .recover import add_recover_args
 
     ap = argparse.ArgumentParser(prog="greenprune", description="Unified structured pruning of Llama-family LLMs.")
     ap.add_argument("--version", action="version", version=f"greenprune {__version__}")
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-tokens", type=int, default=512, help="calibration tokens for the KL tables (default 512)")
     p.add_argument("--reconstruct", action="store_true",
                    help="training-free least-squares refit of the projections that consume pruned channels")
+    p.add_argument("--bias-compensation", dest="bias_compensation", action="store_true", default=None,
+                   help="fold the mean output of removed channels into down_proj/o_proj biases (default: see README)")
+    p.add_argument("--no-bias-compensation", dest="bias_compensation", action="store_false")
+    p.add_argument("--recover", action="store_true", help="LoRA self-distillation toward the dense model before eval")
+    add_recover_args(p, prefix="recover-")
     p.add_argument("--plan", default=None, help="apply this plan.json instead of planning")
     p.add_argument("--out", default="out/pruned", help="output directory (default out/pruned)")
     p.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
@@ -60,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", default=None, help="dense reference model (default: the one in the model's report)")
     e.add_argument("--out", default=None, help="write the results as JSON here")
     _job_args(e)
+
+    r = sub.add_parser("recover", help="recover a pruned model: LoRA self-distillation toward its dense model")
+    r.add_argument("--model", required=True, help="the pruned model directory")
+    r.add_argument("--reference", default=None, help="dense reference (default: the one in the model's report)")
+    r.add_argument("--data", action="append", default=None,
+                   help="stdlib | DIR | pypkg:NAME (documented functions mined from its calibration split) | "
+                        "FILE.jsonl (instruction/response rows); repeatable (default stdlib)")
+    add_recover_args(r)
+    r.add_argument("--seq-len", type=int, default=256, help="tokens per training block (default 256)")
+    r.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for the KL before/after (0: skip)")
+    r.add_argument("--out", required=True, help="output directory of the recovered model")
+    r.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     from .cli_deploy import add_parsers
 
     add_parsers(sub)  # export, stream, bench
@@ -85,7 +105,15 @@ def _options(a):
         eval_tokens=a.eval_tokens, nextline_samples=a.nextline_samples, plan_file=getattr(a, "plan", None),
         reconstruct=getattr(a, "reconstruct", False), out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
         evaluate=not getattr(a, "no_eval", False), progress=not a.no_progress,
+        **({"bias_compensation": a.bias_compensation} if getattr(a, "bias_compensation", None) is not None else {}),
+        recover=_recover_options(a, "recover_", progress=not a.no_progress, seq_len=a.seq_len) if getattr(a, "recover", False) else None,
     )
+
+
+def _recover_options(a, prefix="", **over):
+    from .recover import options_from_args
+
+    return options_from_args(a, prefix, **over)
 
 
 def _reference_from_report(model: str | None) -> str | None:
@@ -108,6 +136,17 @@ def main(argv=None) -> int:
             return run_deploy(a)
         from .report import print_eval, print_prune
 
+        if a.cmd == "recover":
+            from .recover import run_recover
+
+            ro = _recover_options(a, model=a.model, reference=a.reference, data=tuple(a.data or ("stdlib",)),
+                                  seq_len=a.seq_len, eval_tokens=a.eval_tokens, out=a.out, overwrite=a.overwrite,
+                                  progress=not a.no_progress)
+            rep = run_recover(ro)
+            kl = rep["heldout_kl"]
+            print(f"recovered {a.model} -> {a.out}: {rep['steps']} steps, {rep['train_tokens']:,} tokens, "
+                  f"{rep['wall_s']['train']} s; held-out KL to dense {kl['before']} -> {kl['after']}")
+            return 0
         opts = _options(a)
         if a.cmd == "prune":
             from .pipeline import run_prune
@@ -130,6 +169,10 @@ def main(argv=None) -> int:
         print(f"greenprune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if a.cmd == "recover" or getattr(a, "recover", False):
+            print(f"greenprune: interrupted; the output was not written; recovery checkpoints (if any) are in "
+                  f"{a.out}.ckpt: run the same command again to resume", file=sys.stderr)
+            return 130
         print("greenprune: interrupted; nothing was written", file=sys.stderr)
         return 130
 

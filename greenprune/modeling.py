@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
+from torch import nn
+
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -25,11 +27,17 @@ class GreenpruneLlamaConfig(LlamaConfig):
         layer_intermediate_sizes: Optional[list] = None,
         layer_num_attention_heads: Optional[list] = None,
         layer_num_key_value_heads: Optional[list] = None,
+        down_proj_bias: bool = False,
+        o_proj_bias: bool = False,
         **kwargs,
     ):
         self.layer_intermediate_sizes = layer_intermediate_sizes
         self.layer_num_attention_heads = layer_num_attention_heads
         self.layer_num_key_value_heads = layer_num_key_value_heads
+        # Output biases of down_proj / o_proj only (bias compensation of pruned channels, reconstruct.py);
+        # Llama's mlp_bias / attention_bias would add zero biases to gate/up and q/k/v as well.
+        self.down_proj_bias = bool(down_proj_bias)
+        self.o_proj_bias = bool(o_proj_bias)
         super().__init__(**kwargs)
 
     def layer_config(self, i: int) -> LlamaConfig:
@@ -52,8 +60,21 @@ class GreenpruneLlamaForCausalLM(LlamaForCausalLM):
         super().__init__(config)
         for i in range(config.num_hidden_layers):
             layer = LlamaDecoderLayer(config.layer_config(i), i)
+            add_output_biases_(layer, config.down_proj_bias, config.o_proj_bias)
             self.model.layers[i] = layer
         self.post_init()
+
+
+def add_output_biases_(layer, down: bool, o: bool) -> None:
+    """Give a decoder layer's down_proj / o_proj a bias (zero-initialised; weights kept) where asked."""
+    for parent, name, want in ((layer.mlp, "down_proj", down), (layer.self_attn, "o_proj", o)):
+        lin = getattr(parent, name)
+        if want and lin.bias is None:
+            new = nn.Linear(lin.in_features, lin.out_features, bias=True, device=lin.weight.device, dtype=lin.weight.dtype)
+            new.weight = lin.weight
+            if new.bias.device.type != "meta":
+                nn.init.zeros_(new.bias)
+            setattr(parent, name, new)
 
 
 def heterogeneous_config(base: LlamaConfig, intermediate: list, heads: list, kv_heads: list) -> GreenpruneLlamaConfig:

@@ -9,11 +9,20 @@ kept channels allow, over the calibration activations x (second moments G = E[x 
 The correlated part of the removed channels is folded into the kept ones. The ridge pulls towards the
 original kept weights, not towards zero (a zero-centred ridge shrank every weight and made SmolLM2 worse:
 bits per byte 1.103x -> 1.115x at lam 1e-3); lam is relative to the mean diagonal of G[K, K].
+
+Bias compensation (FLAP): a removed channel j still has a mean E[x_j]; its mean contribution
+b = sum_{j in R} W[:, j] E[x_j] is folded into an output bias, so only the fluctuation around the mean is lost.
+With the refit, the intercept is fitted jointly (ridge regression with an unpenalised intercept): the refit
+uses the covariance C = G/n - mu mu^T instead of the second moments, and b = W mu - W'_K mu_K.
+Llama has no down_proj / o_proj bias: the pruned model carries them as greenprune_llama config fields
+(`down_proj_bias`, `o_proj_bias`, modeling.py), zero where a layer kept everything.
 """
 from __future__ import annotations
 
 import torch
 
+from .errors import GreenpruneError
+from .modeling import add_output_biases_, heterogeneous_config
 from .plan import PruningPlan
 
 
@@ -43,5 +52,78 @@ def reconstruct_(pruned, dense, plan: PruningPlan, stats, ridge: float = 1e-2) -
         if lp.kv_heads < plan.shape.num_key_value_heads:
             keep = torch.tensor([(k * r + h) * d + j for k in lp.kv_keep for h in range(r) for j in range(d)])
             layer.self_attn.o_proj.weight.copy_(refit(dense_layer.self_attn.o_proj.weight, st.attn_gram, keep, ridge))
+            n += 1
+    return n
+
+
+def refit_with_intercept(weight: torch.Tensor, gram: torch.Tensor, mean: torch.Tensor, count: int,
+                         keep: torch.Tensor, ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares refit of weight[out, C] onto columns `keep` plus an intercept: returns (W'_K, b)."""
+    mu = mean.double()
+    cov = gram.double() / max(count, 1) - torch.outer(mu, mu)  # [C, C]
+    w = weight.double()
+    wk = refit(w, cov, keep, ridge).double()
+    b = w @ mu - wk @ mu[keep]
+    return wk.to(weight.dtype), b.to(weight.dtype)
+
+
+def _ffn_keep(lp):
+    return torch.tensor(lp.ffn_keep)
+
+
+def _o_keep(lp, plan: PruningPlan):
+    d, r = plan.shape.head_dim, plan.shape.heads_per_group
+    return torch.tensor([(k * r + h) * d + j for k in lp.kv_keep for h in range(r) for j in range(d)])
+
+
+def enable_output_biases_(model, down: bool, o: bool) -> None:
+    """Give every decoder layer's down_proj / o_proj a (zero) bias and record it in the config, so the saved
+    model reloads with them: a plain llama config becomes greenprune_llama with uniform per-layer lists."""
+    cfg = model.config
+    if not (down or o):
+        return
+    if cfg.model_type != "greenprune_llama":
+        if cfg.model_type not in ("llama", "mistral"):
+            raise GreenpruneError(f"bias compensation needs a Llama/Mistral layout, not '{cfg.model_type}'")
+        n = cfg.num_hidden_layers
+        new = heterogeneous_config(cfg, [cfg.intermediate_size] * n, [cfg.num_attention_heads] * n,
+                                   [cfg.num_key_value_heads] * n)
+        new._attn_implementation = cfg._attn_implementation
+        model.config = new
+        cfg = new
+    cfg.down_proj_bias = bool(getattr(cfg, "down_proj_bias", False) or down)
+    cfg.o_proj_bias = bool(getattr(cfg, "o_proj_bias", False) or o)
+    for layer in model.model.layers:
+        add_output_biases_(layer, cfg.down_proj_bias, cfg.o_proj_bias)
+
+
+@torch.no_grad()
+def compensate_(pruned, dense, plan: PruningPlan, stats, refit_weights: bool, ridge: float = 1e-2) -> int:
+    """Bias compensation of every narrowed layer of `pruned`, in place: the removed channels' mean output goes
+    into a down_proj / o_proj bias; with refit_weights, the kept weights are refitted jointly with the bias
+    (needs the Gram statistics). Returns the number of compensated matrices."""
+    narrowed_ffn = any(lp.ffn_width < plan.shape.intermediate_size for lp in plan.layers)
+    narrowed_kv = any(lp.kv_heads < plan.shape.num_key_value_heads for lp in plan.layers)
+    enable_output_biases_(pruned, narrowed_ffn, narrowed_kv)
+    n = 0
+    for new, lp in enumerate(plan.layers):
+        dl, st, layer = dense.model.layers[lp.index], stats[lp.index], pruned.model.layers[new]
+        jobs = []
+        if lp.ffn_width < plan.shape.intermediate_size:
+            jobs.append((dl.mlp.down_proj, layer.mlp.down_proj, st.ffn, st.ffn_gram, _ffn_keep(lp)))
+        if lp.kv_heads < plan.shape.num_key_value_heads:
+            jobs.append((dl.self_attn.o_proj, layer.self_attn.o_proj, st.attn, st.attn_gram, _o_keep(lp, plan)))
+        for src, dst, ch, gram, keep in jobs:
+            base = src.bias.double() if src.bias is not None else 0.0
+            if refit_weights:
+                if gram is None:
+                    raise GreenpruneError("refit with bias compensation needs Gram statistics (gram=True)")
+                wk, b = refit_with_intercept(src.weight, gram, ch.mean, ch.count, keep, ridge)
+                dst.weight.copy_(wk)
+            else:
+                removed = torch.ones(src.weight.shape[1], dtype=torch.bool)
+                removed[keep] = False
+                b = src.weight.double()[:, removed] @ ch.mean.double()[removed]
+            dst.bias.copy_((b + base).to(dst.bias.dtype))
             n += 1
     return n

@@ -15,6 +15,7 @@ else:
     from .channel_stats import ChannelStats, channel_moments, group_sum, wanda_scores
     from .dispatch import BackendUnavailable, backend_for
     from .kl import kl_divergence
+    from .kl_loss import kl_loss
     from .reference import KLResult
     from .swiglu import fuse_gate_up, swiglu_ffn
     from .vocab import (
@@ -38,6 +39,7 @@ else:
         "fuse_gate_up",
         "group_sum",
         "kl_divergence",
+        "kl_loss",
         "lm_head_argmax",
         "lm_head_topk",
         "remap_ids",
