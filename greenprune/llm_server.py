@@ -25,10 +25,10 @@ MAX_BODY = 1 << 20
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, backend: ChatBackend, port: int = 0, host: str = "127.0.0.1", model_id: str = "local"):
+    def __init__(self, backend: ChatBackend, port: int = 0, host: str = "127.0.0.1", model_id: Optional[str] = None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the chat server listens on loopback only")
-        self.backend, self.model_id, self.lock = backend, model_id, threading.Lock()
+        self.backend, self.model_id, self.lock = backend, model_id or backend.name, threading.Lock()
         self.requests_served = 0
         super().__init__((host, port), _Handler)
 
