@@ -155,7 +155,12 @@ def main(argv=None) -> int:
         from .report import print_eval, print_prune
 
         if a.cmd == "search":
-            _run_search_cmd(a)
+            try:
+                _run_search_cmd(a)
+            except KeyboardInterrupt:
+                print(f"greenprune: interrupted; finished generations are checkpointed in {a.out} "
+                      f"(continue with the same command and --resume)", file=sys.stderr)
+                return 130
             return 0
         opts = _options(a)
         if a.cmd == "prune":

@@ -10,15 +10,13 @@ generations and children, so both make the same number of proposals: best fitnes
 """
 import argparse
 import datetime
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from greenprune.evaluate import bits_per_byte
 from greenprune.models import write_json_atomic
+from greenprune.plan import PruningPlan
 from greenprune.pipeline import JobOptions, heldout_texts
 from greenprune.prune import prune_model
 from greenprune.search import SearchContext, SearchOptions, machine_info, run_search
@@ -35,18 +33,20 @@ def evaluate_plan(ctx, plan, sets, seq_len):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.30, 0.50])
-    ap.add_argument("--generations", type=int, default=8)
-    ap.add_argument("--population", type=int, default=10)
-    ap.add_argument("--fitness-tokens", type=int, default=384)
+    ap.add_argument("--generations", type=int, default=6)
+    ap.add_argument("--population", type=int, default=8)
+    ap.add_argument("--fitness-tokens", type=int, default=256)
     ap.add_argument("--stage1-tokens", type=int, default=128)
-    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--llm-max-tokens", type=int, default=160)
     ap.add_argument("--no-llm", action="store_true")
     ap.add_argument("--runs", default="out/search-bench", help="search output directories go here")
     ap.add_argument("--out", default="benches/results/search_cpu.json")
     a = ap.parse_args()
     t_all = time.perf_counter()
     base = SearchOptions(ratio=a.ratios[0], generations=a.generations, population=a.population,
-                         fitness_tokens=a.fitness_tokens, stage1_tokens=a.stage1_tokens, overwrite=True, progress=False)
+                         fitness_tokens=a.fitness_tokens, stage1_tokens=a.stage1_tokens, llm_max_tokens=a.llm_max_tokens,
+                         overwrite=True, progress=False)
     ctx = SearchContext(base)
     job = JobOptions(eval_tokens=a.eval_tokens)
     sets = heldout_texts(ctx.tokenizer, job, ctx.held)
@@ -69,8 +69,6 @@ def main():
         seeds = ctx.seed_genomes(space, opts)
         rows = []
         for name, s in runs.items():
-            from greenprune.plan import PruningPlan
-
             plan = PruningPlan.load(Path(s["options"]["out"]) / "plan.json")
             rows.append({"plan": f"searched ({name} operator)", "fitness_kl": s["best"]["fitness"], "params": plan.params(),
                          "ratio": plan.ratio(), "bpb": evaluate_plan(ctx, plan, sets, job.seq_len),
@@ -102,7 +100,6 @@ def main():
         for r in d["rows"]:
             x = r["bpb_x_dense"]
             print(f"| {r['plan']} | {r['ratio']:.1%} | {r['fitness_kl']:.4f} | " + " | ".join(f"{r['bpb'][k]:.4f} ({x[k]:.3f}x)" for k in r["bpb"]) + " |")
-    torch.set_num_threads(torch.get_num_threads())
 
 
 if __name__ == "__main__":
