@@ -418,6 +418,7 @@ class Search:
                      "vocab_size": plan.vocab_size},
             "seed_fitness": self.seed_fitness, "history": self.history,
             "cost": {"candidates_evaluated": self.candidates, "tokens": self.tokens, "wall_s": round(self.wall_s, 2),
+                     "generations_s": round(sum(h["seconds"] for h in self.history), 2),  # without seeds / DP tables
                      "generations": self.generation, "population": self.opts.population,
                      "children_per_generation": self.n_children, "stage1_tokens": self.n1 * self.fit.seq_len,
                      "stage2_tokens": self.n2 * self.fit.seq_len},

@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--stage1-tokens", type=int, default=128)
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--llm-max-tokens", type=int, default=160)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-llm", action="store_true")
     ap.add_argument("--runs", default="out/search-bench", help="search output directories go here")
     ap.add_argument("--out", default="benches/results/search_cpu.json")
@@ -46,7 +47,7 @@ def main():
     t_all = time.perf_counter()
     base = SearchOptions(ratio=a.ratios[0], generations=a.generations, population=a.population,
                          fitness_tokens=a.fitness_tokens, stage1_tokens=a.stage1_tokens, llm_max_tokens=a.llm_max_tokens,
-                         overwrite=True, progress=False)
+                         seed=a.seed, overwrite=True, progress=False)
     ctx = SearchContext(base)
     job = JobOptions(eval_tokens=a.eval_tokens)
     sets = heldout_texts(ctx.tokenizer, job, ctx.held)
@@ -85,7 +86,8 @@ def main():
         if "llm" in runs:
             for name, s in runs.items():
                 result["operators"][name] = {"ratio": ratio, "best_fitness": s["best"]["fitness"],
-                                             "wall_s": s["cost"]["wall_s"], "candidates_evaluated": s["cost"]["candidates_evaluated"],
+                                             "wall_s": s["cost"]["wall_s"], "generations_s": s["cost"]["generations_s"],
+                                             "candidates_evaluated": s["cost"]["candidates_evaluated"],
                                              "tokens": s["cost"]["tokens"], "history_best": [h["best"] for h in s["history"]],
                                              "operator_stats": s["operator_stats"]}
             plot_convergence(runs["llm"]["history"], Path(runs["llm"]["options"]["out"]) / "candidates.jsonl",
