@@ -23,7 +23,7 @@ def _family(origin: str) -> str:
 
 
 def plot_convergence(history: list[dict], candidates: Path, path: Path, title: str = "",
-                     others: dict[str, list[dict]] | None = None) -> Path:
+                     others: dict[str, list[dict]] | None = None, label: str = "this search") -> Path:
     """history: the search's per-generation records; candidates: its candidates.jsonl (stage-2 scores are
     drawn as points by origin); others: more histories (name -> records) drawn as extra best-so-far lines."""
     import matplotlib
@@ -40,7 +40,7 @@ def plot_convergence(history: list[dict], candidates: Path, path: Path, title: s
         sc = ax.scatter(c["generation"], c["fitness"], s=10, alpha=0.45, label=fam if fam not in colours else None,
                         color=colours.get(fam))
         colours.setdefault(fam, sc.get_facecolor()[0])
-    for name, h in {"best": history, **(others or {})}.items():
+    for name, h in {label: history, **(others or {})}.items():
         ax.plot([r["generation"] for r in h], [r["best"] for r in h], marker="o", ms=3, label=f"{name} (population best)")
     ax.set_xlabel("generation (0: seed plans)")
     ax.set_ylabel("fitness (lower is better)")

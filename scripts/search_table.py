@@ -92,8 +92,8 @@ def main():
                                              "operator_stats": s["operator_stats"]}
             plot_convergence(runs["llm"]["history"], Path(runs["llm"]["options"]["out"]) / "candidates.jsonl",
                              Path(a.out).with_name("search_convergence.png"),
-                             f"ratio {ratio}; points and 'best': LLM operator",
-                             others={"numeric operator": runs["numeric"]["history"]})
+                             f"ratio {ratio}; points: the LLM operator's children",
+                             others={"numeric operator": runs["numeric"]["history"]}, label="LLM operator")
         write_json_atomic(Path(a.out), result)  # after each ratio: a cut run keeps what finished
     result["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     write_json_atomic(Path(a.out), result)
