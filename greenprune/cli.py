@@ -1,4 +1,4 @@
-"""The `greenprune` command line: prune, eval, recover, and (cli_deploy.py) export, stream, bench."""
+"""The `greenprune` command line: prune, eval, recover, search, and (cli_deploy.py) export, stream, bench."""
 from __future__ import annotations
 
 import argparse
@@ -80,10 +80,64 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    _search_parser(sub)
+
     from .cli_deploy import add_parsers
 
     add_parsers(sub)  # export, stream, bench
     return ap
+
+
+def _search_parser(sub) -> None:
+    s = sub.add_parser("search", help="find per-layer pruning rates by evolutionary search (writes OUT/plan.json)")
+    s.add_argument("--model", default=None, help="model to prune (default: the embedded SmolLM2-135M)")
+    s.add_argument("--data", default="stdlib", help="calibration data (as for prune)")
+    s.add_argument("--ratio", type=float, default=0.30, help="fraction of all parameters to remove (default 0.30)")
+    s.add_argument("--generations", type=int, default=10)
+    s.add_argument("--population", type=int, default=12)
+    s.add_argument("--children", type=int, default=0, help="children per generation (default: the population size)")
+    s.add_argument("--operator", choices=("numeric", "llm"), default="numeric")
+    s.add_argument("--llm", default="self", help="self (the model being pruned) | http://HOST:PORT (OpenAI-compatible) | model path")
+    s.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per chat request")
+    s.add_argument("--llm-max-tokens", type=int, default=192, help="reply tokens per chat request")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fitness", choices=("kl", "bpb"), default="kl", help="KL to the dense model (default) or bits/byte")
+    s.add_argument("--fitness-tokens", type=int, default=512, help="calibration tokens of the full fitness (stage 2)")
+    s.add_argument("--stage1-tokens", type=int, default=128, help="tokens every child is scored on first")
+    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--calib-tokens", type=int, default=2048, help="tokens for the channel importance scores")
+    s.add_argument("--align", type=int, default=64)
+    s.add_argument("--max-ffn-prune", type=float, default=0.75)
+    s.add_argument("--kv", action="store_true", help="also search KV-group counts")
+    s.add_argument("--no-layer-drop", action="store_true")
+    s.add_argument("--no-vocab", action="store_true", help="keep the whole vocabulary")
+    s.add_argument("--vocab-top-ids", type=int, default=8192, help="always keep the tokenizer's N lowest ids (as prune)")
+    s.add_argument("--seeds", default="uniform,global,owl,dp", help="seed plans (comma list of uniform,global,owl,dp)")
+    s.add_argument("--out", default="out/search")
+    s.add_argument("--resume", action="store_true", help="continue the search checkpointed in OUT")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--no-progress", action="store_true")
+
+
+def _run_search_cmd(a) -> None:
+    from .search import SearchOptions, run_search
+
+    opts = SearchOptions(
+        model=a.model, data=a.data, ratio=a.ratio, generations=a.generations, population=a.population,
+        children=a.children, operator=a.operator, llm=a.llm, llm_timeout=a.llm_timeout,
+        llm_max_tokens=a.llm_max_tokens, seed=a.seed, fitness=a.fitness,
+        fitness_tokens=a.fitness_tokens, stage1_tokens=a.stage1_tokens, seq_len=a.seq_len, calib_tokens=a.calib_tokens,
+        align=a.align, max_ffn_prune=a.max_ffn_prune, kv=a.kv, drop_layers=not a.no_layer_drop, vocab=not a.no_vocab,
+        vocab_top_ids=a.vocab_top_ids,
+        seeds=tuple(x for x in a.seeds.split(",") if x), out=a.out, resume=a.resume, overwrite=a.overwrite,
+        progress=not a.no_progress)
+    s = run_search(opts)
+    b, c = s["best"], s["cost"]
+    print(f"best {b['metric']} {b['fitness']:.4f} ({b['origin']}), {b['ratio']:.1%} removed, "
+          f"layers dropped {b['layers_dropped']}; seeds: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in s["seed_fitness"].items()))
+    print(f"{c['candidates_evaluated']} candidates, {c['tokens']:,} tokens, {c['wall_s']:.0f} s; "
+          f"plan: {Path(a.out) / 'plan.json'} (apply: greenprune prune --plan {Path(a.out) / 'plan.json'})")
 
 
 def _options(a):
@@ -146,6 +200,14 @@ def main(argv=None) -> int:
             kl = rep["heldout_kl"]
             print(f"recovered {a.model} -> {a.out}: {rep['steps']} steps, {rep['train_tokens']:,} tokens, "
                   f"{rep['wall_s']['train']} s; held-out KL to dense {kl['before']} -> {kl['after']}")
+            return 0
+        if a.cmd == "search":
+            try:
+                _run_search_cmd(a)
+            except KeyboardInterrupt:
+                print(f"greenprune: interrupted; finished generations are checkpointed in {a.out} "
+                      f"(continue with the same command and --resume)", file=sys.stderr)
+                return 130
             return 0
         opts = _options(a)
         if a.cmd == "prune":
