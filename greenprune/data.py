@@ -69,19 +69,24 @@ def split_documents(docs: list[Document], eval_fraction: float) -> tuple[list[Do
     return calib, held
 
 
-def _jsonl_rows(path: Path) -> list[Document]:
-    docs = []
+def iter_jsonl(path: Path):
+    """(line number, parsed row) for every non-blank line of a JSONL file; a clear error on invalid JSON."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield n, json.loads(line)
             except ValueError as e:
                 raise GreenpruneError(f"{path}:{n}: not valid JSON ({e})") from e
-            text = row_text(row) if isinstance(row, dict) else None
-            if text:
-                docs.append(Document(f"{path.name}:{n}", text))
+
+
+def _jsonl_rows(path: Path) -> list[Document]:
+    docs = []
+    for n, row in iter_jsonl(path):
+        text = row_text(row) if isinstance(row, dict) else None
+        if text:
+            docs.append(Document(f"{path.name}:{n}", text))
     return docs
 
 

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 from .kernels import kl_divergence
+from .planner import capture_layer_inputs
 from .searchspace import Genome
 
 FITNESS = ("kl", "bpb")
@@ -67,21 +68,8 @@ class MaskedFitness:
             return None if m is None else (args[0] * m,)
         return hook
 
-    @torch.no_grad()
     def _capture(self, x):
-        inputs, kw = [], {}
-
-        def pre(mod, args, kwargs):
-            inputs.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
-            if not kw:
-                kw.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-        hs = [l.register_forward_pre_hook(pre, with_kwargs=True) for l in self.layers]
-        try:
-            final = self.work.model(x, use_cache=False).last_hidden_state
-        finally:
-            for h in hs:
-                h.remove()
+        inputs, kw, final = capture_layer_inputs(self.work, x)
         return inputs, kw, final[0]
 
     def _set_masks(self, g: Genome) -> int:

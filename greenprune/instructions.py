@@ -14,7 +14,6 @@ of instruction and response (self-distillation, Flab-Pruner), optionally plus cr
 from __future__ import annotations
 
 import ast
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,19 +86,12 @@ def decontaminate(examples: list[Example], eval_texts: Iterable[str], n: int = N
 def load_instruction_rows(path: Path) -> list[Example]:
     """Instruction/response (or text) rows of a JSONL file; a clear error if none is usable."""
     out, bad = [], 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise GreenpruneError(f"{path}:{n}: not valid JSON ({e})") from e
-            ex = _row_example(row, f"{path.name}:{n}") if isinstance(row, dict) else None
-            if ex is None:
-                bad += 1
-            else:
-                out.append(ex)
+    for n, row in data_mod.iter_jsonl(path):
+        ex = _row_example(row, f"{path.name}:{n}") if isinstance(row, dict) else None
+        if ex is None:
+            bad += 1
+        else:
+            out.append(ex)
     if not out:
         raise GreenpruneError(f"{path}: no usable rows (need 'instruction'/'prompt'/'input' with "
                               f"'response'/'output'/'completion', or 'text'; {bad} rows without them)")

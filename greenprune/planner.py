@@ -55,6 +55,26 @@ def ffn_widths(shape: ModelShape, opts: PlanOptions) -> list[int]:
     return [F] + [w for w in range((F - 1) // a * a, floor - 1, -a) if w > 0]
 
 
+@torch.no_grad()
+def capture_layer_inputs(model, x: torch.Tensor):
+    """One dense pass over token ids x: every decoder layer's input hidden states, the keyword arguments the
+    model passes its layers (rotary embeddings, mask), and the final normed hidden states."""
+    inputs, kw = [], {}
+
+    def pre(mod, args, kwargs):
+        inputs.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+        if not kw:
+            kw.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+    hs = [l.register_forward_pre_hook(pre, with_kwargs=True) for l in model.model.layers]
+    try:
+        final = model.model(x, use_cache=False).last_hidden_state
+    finally:
+        for h in hs:
+            h.remove()
+    return inputs, kw, final
+
+
 class LayerwiseKL:
     """KL(dense || dense with one layer changed) on cached calibration activations.
 
@@ -71,22 +91,8 @@ class LayerwiseKL:
         for s in range(0, len(blocks), batch_size):
             self.batches.append(self._capture(blocks[s : s + batch_size]))
 
-    @torch.no_grad()
     def _capture(self, x):
-        inputs, kw = [], {}
-
-        def pre(mod, args, kwargs):
-            inputs.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
-            if not kw:
-                kw.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-        hs = [l.register_forward_pre_hook(pre, with_kwargs=True) for l in self.layers]
-        try:
-            final = self.model.model(x, use_cache=False).last_hidden_state
-        finally:
-            for h in hs:
-                h.remove()
-        return inputs, kw, final
+        return capture_layer_inputs(self.model, x)
 
     @torch.no_grad()
     def kl(self, index: int, ffn_keep=None, kv_keep=None, drop: bool = False) -> float:

@@ -140,7 +140,11 @@ class SearchContext:
 
     def space(self, opts: SearchOptions) -> SearchSpace:
         vocab = self.shape.vocab_size if self.vocab_keep is None else len(self.vocab_keep)
-        return SearchSpace(self.shape, vocab, opts.ratio, opts.align, opts.max_ffn_prune, opts.kv, opts.drop_layers)
+        # searched plans are per-layer, so `prune --plan` applies bias compensation by default: leave room for
+        # its biases (one hidden-size vector per layer and compensated projection), as the unified planner does
+        reserve = self.shape.num_hidden_layers * self.shape.hidden_size * (2 if opts.kv else 1)
+        return SearchSpace(self.shape, vocab, opts.ratio, opts.align, opts.max_ffn_prune, opts.kv, opts.drop_layers,
+                           reserve)
 
     def dp_genome(self, space: SearchSpace, opts: SearchOptions, rng: random.Random) -> Genome:
         """The unified planner's plan (KL tables on the fitness tokens + exact DP), repaired to a tight budget."""

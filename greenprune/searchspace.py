@@ -43,6 +43,7 @@ class SearchSpace:
     max_ffn_prune: float = 0.75
     kv: bool = False  # allow removing KV groups
     drop_layers: bool = True
+    reserve: int = 0  # parameters left free for what prune adds after the plan (bias compensation's biases)
 
     @property
     def L(self) -> int:
@@ -64,8 +65,8 @@ class SearchSpace:
 
     @property
     def max_params(self) -> int:
-        """The most parameters a candidate may keep (the same rule as planner.make_plan)."""
-        return self.shape.dense_params - math.ceil(self.ratio * self.shape.dense_params)
+        """The most parameters a candidate may keep (the same rule as planner.make_plan, less the reserve)."""
+        return self.shape.dense_params - math.ceil(self.ratio * self.shape.dense_params) - self.reserve
 
     def params(self, g: Genome) -> int:
         kept = [(f, k) for f, k in zip(g.ffn, g.kv) if f]
