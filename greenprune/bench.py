@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -54,11 +55,11 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def run_info(device: torch.device) -> dict:
+def run_info(device: torch.device, command: Optional[str] = None) -> dict:
     import transformers
 
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["greenprune"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("greenprune") else " ".join(sys.argv),
+            "command": command or shlex.join(sys.argv),
             "device": device_name(device), "device_type": device.type, "greenprune": __version__,
             "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
@@ -141,7 +142,8 @@ def _measure(runners: dict, make: Callable, timer, repeats: int, tokens: int) ->
 
 
 def run_bench(model: str, reference: Optional[str], opts: BenchOptions, out: Optional[str] = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, command: Optional[str] = None) -> dict:
+    """command: the command line to record (the CLI passes its own; default: this process's argv)."""
     opts.validate()
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -157,7 +159,7 @@ def run_bench(model: str, reference: Optional[str], opts: BenchOptions, out: Opt
     runners = {k: Runner(m, opts.compile) for k, m in models.items()}
     device = runners["pruned"].device
     timer = _timer(device)
-    res = {"info": run_info(device), "options": asdict(opts), "dtype": str(dtype).replace("torch.", ""),
+    res = {"info": run_info(device, command), "options": asdict(opts), "dtype": str(dtype).replace("torch.", ""),
            "models": {k: {"path": str(paths[k]), "params": num_params(m), "layers": m.config.num_hidden_layers,
                           "vocab": m.config.vocab_size} for k, m in models.items()},
            "prefill": [], "decode": []}

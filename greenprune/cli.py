@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -182,7 +183,9 @@ def _reference_from_report(model: str | None) -> str | None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("GREENPRUNE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
+    a.command_line = shlex.join(["greenprune", *argv])  # recorded in results (bench.json)
     try:
         from .cli_deploy import COMMANDS, run as run_deploy
 

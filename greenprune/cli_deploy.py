@@ -92,7 +92,7 @@ def run(a) -> int:
 
     opts = BenchOptions(prompt_lens=tuple(x for xs in a.prompt_lens for x in xs), batches=tuple(x for xs in a.batch for x in xs), decode_prompt=a.decode_prompt,
                         decode_tokens=a.decode_tokens, repeats=a.repeats, compile=a.compile, device_map=a.device_map)
-    res = run_bench(a.model, a.reference, opts, a.out, progress=not a.no_progress)
+    res = run_bench(a.model, a.reference, opts, a.out, progress=not a.no_progress, command=a.command_line)
     for r in res["prefill"] + res["decode"]:
         what = f"prefill L={r['prompt_len']}" if "prompt_len" in r else f"decode B={r['batch']}"
         sp = f"  speedup {r['speedup']:.2f}x" if "speedup" in r else ""

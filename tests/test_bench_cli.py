@@ -32,7 +32,7 @@ def test_bench_writes_sane_json_and_plot(tiny_dir, pruned_dir, tmp_path, capsys)
     assert rc == 0
     res = json.loads((out / "bench.json").read_text())
     assert res["info"]["device"] and res["info"]["torch"] == torch.__version__ and res["info"]["date"].endswith("+00:00")
-    assert "bench" in res["info"]["command"] or res["info"]["command"]
+    assert res["info"]["command"].startswith(f"greenprune bench --model {pruned_dir} --reference {tiny_dir}")
     assert res["models"]["dense"]["layers"] == 4 and res["models"]["pruned"]["layers"] == 3
     assert res["models"]["pruned"]["params"] < res["models"]["dense"]["params"]
     assert [r["prompt_len"] for r in res["prefill"]] == [8, 16] and [r["batch"] for r in res["decode"]] == [1, 2]
