@@ -18,7 +18,8 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="stdlib", help="calibration data: stdlib | DIR | FILE.jsonl | datasets:PATH | pypkg:NAME")
     p.add_argument("--eval-data", action="append", default=None,
                    help="extra evaluation corpus (repeatable); default: pypkg:rich (code outside the calibration corpus)")
-    p.add_argument("--calib-tokens", type=int, default=4096, help="tokens for activation statistics (default 4096)")
+    p.add_argument("--calib-tokens", type=int, default=16384,
+                   help="tokens for activation statistics, Gram matrices and the dense token mass (default 16384)")
     p.add_argument("--eval-tokens", type=int, default=8192, help="tokens per evaluation corpus (default 8192)")
     p.add_argument("--seq-len", type=int, default=256, help="sequence length of calibration blocks / eval windows")
     p.add_argument("--nextline-samples", type=int, default=32, help="next-line completion samples (0: skip)")
@@ -40,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=0.22, help="fraction of all parameters to remove (default 0.22)")
     p.add_argument("--align", type=int, default=64, help="FFN widths are multiples of this (default 64)")
     p.add_argument("--method", choices=METHODS, default="unified", help="unified (KL-guided, default) | uniform | layers")
-    p.add_argument("--scorer", choices=list(SCORERS), default="flap", help="channel / KV-group importance (default flap)")
+    p.add_argument("--scorer", choices=["auto", *SCORERS], default="auto",
+                   help="channel / KV-group importance (default auto: output-error where its Gram matrices fit in 4 GiB, else flap)")
     p.add_argument("--vocab", dest="vocab", action="store_true", default=None, help="prune the vocabulary (default for unified)")
     p.add_argument("--no-vocab", dest="vocab", action="store_false", help="keep the whole vocabulary")
-    p.add_argument("--vocab-top-ids", type=int, default=8192, help="always keep the tokenizer's N lowest ids (default 8192)")
+    p.add_argument("--vocab-extra", type=int, default=2048,
+                   help="also keep the N unused tokens the dense model expects most on calibration text (default 2048)")
     p.add_argument("--uniform", action="store_true", help="unified method, one FFN width / KV count for all kept layers")
     p.add_argument("--max-ffn-prune", type=float, default=0.75, help="largest fraction of one layer's FFN removed")
     p.add_argument("--no-layer-drop", action="store_true", help="never remove whole layers")
@@ -112,7 +115,7 @@ def _search_parser(sub) -> None:
     s.add_argument("--kv", action="store_true", help="also search KV-group counts")
     s.add_argument("--no-layer-drop", action="store_true")
     s.add_argument("--no-vocab", action="store_true", help="keep the whole vocabulary")
-    s.add_argument("--vocab-top-ids", type=int, default=8192, help="always keep the tokenizer's N lowest ids (as prune)")
+    s.add_argument("--vocab-extra", type=int, default=2048, help="unused tokens kept by dense output mass (as prune)")
     s.add_argument("--seeds", default="uniform,global,owl,dp", help="seed plans (comma list of uniform,global,owl,dp)")
     s.add_argument("--out", default="out/search")
     s.add_argument("--resume", action="store_true", help="continue the search checkpointed in OUT")
@@ -129,7 +132,7 @@ def _run_search_cmd(a) -> None:
         llm_max_tokens=a.llm_max_tokens, seed=a.seed, fitness=a.fitness,
         fitness_tokens=a.fitness_tokens, stage1_tokens=a.stage1_tokens, seq_len=a.seq_len, calib_tokens=a.calib_tokens,
         align=a.align, max_ffn_prune=a.max_ffn_prune, kv=a.kv, drop_layers=not a.no_layer_drop, vocab=not a.no_vocab,
-        vocab_top_ids=a.vocab_top_ids,
+        vocab_extra=a.vocab_extra,
         seeds=tuple(x for x in a.seeds.split(",") if x), out=a.out, resume=a.resume, overwrite=a.overwrite,
         progress=not a.no_progress)
     s = run_search(opts)
@@ -155,8 +158,8 @@ def _options(a):
             raise GreenpruneError(f"--{name.replace('_', '-')} must be >= 2")
     return JobOptions(
         model=a.model, data=a.data, eval_data=tuple(a.eval_data) if a.eval_data is not None else ("pypkg:rich",),
-        plan=plan, scorer=getattr(a, "scorer", "flap"), vocab=getattr(a, "vocab", None),
-        vocab_top_ids=getattr(a, "vocab_top_ids", 8192), calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512), seq_len=a.seq_len,
+        plan=plan, scorer=getattr(a, "scorer", "auto"), vocab=getattr(a, "vocab", None),
+        vocab_extra=getattr(a, "vocab_extra", 2048), calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512), seq_len=a.seq_len,
         eval_tokens=a.eval_tokens, nextline_samples=a.nextline_samples, plan_file=getattr(a, "plan", None),
         reconstruct=getattr(a, "reconstruct", False), out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
         evaluate=not getattr(a, "no_eval", False), progress=not a.no_progress,

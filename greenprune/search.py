@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .errors import GreenpruneError
 from .fitness import FITNESS, MaskedFitness
-from .importance import get_scorer, score_model
+from .importance import score_model
 from .models import load_model, write_json_atomic
 from .operators import (LLMOperator, NumericOperator, mutate, outlier_ratios, seed_global_threshold, seed_owl,
                         seed_uniform)
@@ -63,13 +63,13 @@ class SearchOptions:
     survive: float = 0.5  # share of a generation's children re-scored on all fitness tokens
     seq_len: int = 128
     calib_tokens: int = 2048  # activation statistics for the channel scores
-    scorer: str = "flap"
+    scorer: str = "auto"
     align: int = 64
     max_ffn_prune: float = 0.75
     kv: bool = False
     drop_layers: bool = True
     vocab: bool = True
-    vocab_top_ids: int = 8192
+    vocab_extra: int = 2048
     seeds: tuple[str, ...] = SEEDS
     out: str = "out/search"
     resume: bool = False
@@ -121,18 +121,18 @@ class SearchContext:
     """Everything a search reuses: model, data, scores, vocabulary, the masked fitness, the DP tables."""
 
     def __init__(self, opts: SearchOptions):
-        from .pipeline import _fit_vocabulary, choose_vocabulary
+        from .pipeline import vocabulary_for
 
         self.model, self.tokenizer = load_model(opts.model)
         self.shape = ModelShape.from_config(self.model.config)
         self.calib, self.held = data_mod.calibration_and_heldout(opts.data)
-        self.vocab_keep = None
-        if opts.vocab:
-            keep = choose_vocabulary(self.tokenizer, self.shape, self.calib, 1, opts.vocab_top_ids)
-            self.vocab_keep = _fit_vocabulary(self.tokenizer, self.shape, keep, opts.ratio)
-        self.space(opts).validate()  # an impossible budget fails before the scoring work
         calib_blocks = data_mod.token_blocks(self.tokenizer, self.calib, opts.seq_len, opts.calib_tokens)
-        self.scores = score_model(self.model, calib_blocks, get_scorer(opts.scorer), progress=opts.progress)
+        self.scores = score_model(self.model, calib_blocks, opts.scorer, progress=opts.progress)
+        self.vocab_keep = None
+        if opts.vocab:  # the same vocabulary as `greenprune prune` (it ranks unused tokens by the dense output mass)
+            self.vocab_keep = vocabulary_for(self.tokenizer, self.shape, self.calib, self.scores, opts.ratio,
+                                             extra=opts.vocab_extra)
+        self.space(opts).validate()
         self.blocks = data_mod.token_blocks(self.tokenizer, self.calib, opts.seq_len, opts.fitness_tokens)
         self.fitness = MaskedFitness(self.model, self.blocks, self.scores.ffn, self.scores.kv, self.vocab_keep,
                                      opts.fitness, self.tokenizer)
@@ -407,7 +407,7 @@ class Search:
         best = self.population[0]
         meta = {"method": "search", "operator": self.opts.operator, "fitness": self.opts.fitness,
                 "fitness_value": best.fitness, "fitness_tokens": self.n2 * self.fit.seq_len,
-                "ratio_requested": self.opts.ratio, "scorer": self.opts.scorer, "seed": self.opts.seed,
+                "ratio_requested": self.opts.ratio, "scorer": self.ctx.scores.scorer, "seed": self.opts.seed,
                 "generations": self.generation, "origin": best.origin}
         plan = self.ctx.plan(self.space, best.genome, meta)
         plan.save(self.out / "plan.json")

@@ -131,6 +131,38 @@ def close_vocabulary(tokenizer, candidate_ids: Iterable[int]) -> list[int]:
     return _close(_bpe_json(tokenizer), candidate_ids)
 
 
+def choose_vocabulary(tokenizer, texts: Iterable[str], vocab_size: int, token_mass=None, min_count: int = 1,
+                      extra: int = 0, max_removed: int | None = None) -> list[int]:
+    """Sorted original ids to keep: the tokens `texts` use >= min_count times, plus the `extra` unused tokens
+    ranked first, closed under merges (close_vocabulary). Unused tokens rank by `token_mass`, the dense
+    model's summed output probability over calibration positions (importance.collect_activation_stats): the
+    tokens it expects, which text from outside the corpus needs most. Without it, by id (BPE ids grow with
+    merge rank). If more than `max_removed` tokens would go, tokens are given back in id order.
+
+    Measured on SmolLM2-135M, stdlib calibration, vocabulary pruning alone (bits per byte x dense, held-out
+    stdlib / rich): used + lowest ids, 21,872 tokens: 0.995 / 1.046; used + dense output mass, 21,205
+    tokens: 0.998 / 1.032. The out-of-corpus cost is nearly all in rich's words the corpus never used."""
+    counts = token_counts(tokenizer, texts, vocab_size)
+    kept = close_vocabulary(tokenizer, np.flatnonzero(counts >= min_count).tolist())
+    base = set(kept)
+    if token_mass is not None:
+        mass = np.asarray(token_mass, dtype=np.float64)
+        if mass.shape != (vocab_size,):
+            raise GreenpruneError(f"token_mass has shape {mass.shape}, expected ({vocab_size},)")
+        ranked = [int(i) for i in np.argsort(-mass, kind="stable") if int(i) not in base]
+    else:
+        ranked = [i for i in range(vocab_size) if i not in base]
+    if extra > 0:
+        kept = close_vocabulary(tokenizer, base | set(ranked[:extra]))
+    if max_removed is not None and vocab_size - len(kept) > max_removed:
+        # give back in id order: a BPE token's parts are earlier merges (lower ids), so the closure adds nothing
+        # and exactly `max_removed` tokens go (mass order needed up to 2,300 more parts on a 49k vocabulary)
+        have = set(kept)
+        rest = [i for i in range(vocab_size) if i not in have]
+        kept = close_vocabulary(tokenizer, have | set(rest[: vocab_size - max_removed - len(kept)]))
+    return kept
+
+
 def remap_ids(kept_ids: Sequence[int], size: int | None = None) -> np.ndarray:
     """Old -> new id lookup (int64, -1 for dropped ids) of length size (default max(kept_ids) + 1)."""
     kept = np.asarray(kept_ids, dtype=np.int64)

@@ -20,17 +20,20 @@ from greenprune._version import __version__
 from greenprune.pipeline import JobOptions, run_prune
 from greenprune.planner import PlanOptions
 
-UNIFIED = "greenprune unified (KL-guided: vocabulary + layers + FFN)"
+UNIFIED = "greenprune unified (KL-guided: vocabulary + layers + FFN), no compensation"
+COMPENSATED = "greenprune unified + bias compensation (prune's default)"
 RECONSTRUCTED = "greenprune unified + training-free reconstruction"
 BASELINES = {
     # name: (method, scorer, vocab)
-    UNIFIED: ("unified", "flap", True),
-    RECONSTRUCTED: ("unified", "flap", True),
+    UNIFIED: ("unified", "auto", True),
+    COMPENSATED: ("unified", "auto", True),
+    RECONSTRUCTED: ("unified", "auto", True),
     "uniform FFN, Wanda-sp + calibration vocabulary": ("uniform", "wanda", True),
     "uniform FFN, Wanda-sp (FFN only)": ("uniform", "wanda", False),
     "uniform FFN, magnitude (FFN only)": ("uniform", "magnitude", False),
     "whole-layer removal, block influence": ("layers", "flap", False),
 }
+REFITS = {COMPENSATED: dict(bias_compensation=True), RECONSTRUCTED: dict(bias_compensation=True, reconstruct=True)}
 
 
 def main():
@@ -47,11 +50,11 @@ def main():
         for name in a.rows:
             method, scorer, vocab = BASELINES[name]
             opts = replace(base, plan=PlanOptions(ratio=ratio, method=method, max_ffn_prune=0.75 if method == "unified" else 0.9),
-                           scorer=scorer, vocab=vocab, vocab_top_ids=base.vocab_top_ids if method == "unified" else 0,
-                           out=str(scratch / f"{ratio}-{method}"), overwrite=True)
-            if name == RECONSTRUCTED:  # the unified plan just made, refitted: no second planning pass
-                opts = replace(opts, plan_file=str(scratch / f"{ratio}-{method}" / "plan.json"), reconstruct=True,
-                               out=str(scratch / f"{ratio}-recon"))
+                           scorer=scorer, vocab=vocab, vocab_extra=base.vocab_extra if method == "unified" else 0,
+                           bias_compensation=False, out=str(scratch / f"{ratio}-{method}"), overwrite=True)
+            if name in REFITS:  # the unified plan just made, compensated / refitted: no second planning pass
+                opts = replace(opts, plan_file=str(scratch / f"{ratio}-{method}" / "plan.json"), **REFITS[name],
+                               out=str(scratch / f"{ratio}-{name[:24].replace(' ', '_')}"))
             t = time.time()
             try:
                 r = run_prune(opts)

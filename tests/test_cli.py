@@ -11,6 +11,7 @@ from greenprune.cli import main
 
 FAST = ["--calib-tokens", "256", "--eval-tokens", "256", "--seq-len", "64", "--nextline-samples", "2",
         "--eval-data", "pypkg:json", "--no-progress"]
+TINY_VOCAB = ["--vocab-extra", "0"]  # the tiny model is mostly vocabulary: no extra tokens, or 30% is unreachable
 
 
 def run_cli(*args):
@@ -19,12 +20,20 @@ def run_cli(*args):
     return p.returncode, p.stdout, p.stderr
 
 
+def test_extra_vocabulary_that_makes_the_budget_unreachable_is_named(tmp_path, tiny_dir):
+    args = ["prune", "--model", str(tiny_dir), "--ratio", "0.3", "--align", "16", "--vocab", "--kl-tokens", "128",
+            "--out", str(tmp_path / "o"), *FAST]
+    rc, _, err = run_cli(*args, "--vocab-extra", "30000")
+    assert rc == 2 and "unreachable" in err and "--vocab-extra 30000" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("method", ["unified", "uniform"])
 def test_prune_end_to_end_writes_a_loadable_model_and_report(tmp_path, tiny_dir, method):
     out = tmp_path / "pruned"
     # the tiny model's embedding (SmolLM2's 49k vocabulary) dominates: 30% needs vocabulary pruning
     rc = main(["prune", "--model", str(tiny_dir), "--ratio", "0.3", "--align", "16", "--method", method, "--vocab",
-               "--kl-tokens", "128", "--out", str(out), *FAST])
+               "--kl-tokens", "128", "--out", str(out), *FAST, *TINY_VOCAB])
     assert rc == 0
     rep = json.loads((out / "greenprune_report.json").read_text())
     for path in (("params", "dense"), ("params", "pruned"), ("plan",), ("eval", "dense", "bpb"), ("eval", "pruned", "bpb"),
@@ -41,7 +50,7 @@ def test_prune_end_to_end_writes_a_loadable_model_and_report(tmp_path, tiny_dir,
     assert ids.max() < m.config.vocab_size
     # the same plan applied again through --plan gives the same weights
     out2 = tmp_path / "again"
-    assert main(["prune", "--model", str(tiny_dir), "--plan", str(out / "plan.json"), "--out", str(out2), "--no-eval", *FAST]) == 0
+    assert main(["prune", "--model", str(tiny_dir), "--plan", str(out / "plan.json"), "--out", str(out2), "--no-eval", *FAST, *TINY_VOCAB]) == 0
     m2 = AutoModelForCausalLM.from_pretrained(out2)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
 
@@ -49,7 +58,7 @@ def test_prune_end_to_end_writes_a_loadable_model_and_report(tmp_path, tiny_dir,
 def test_eval_subcommand_against_reference(tmp_path, tiny_dir):
     out = tmp_path / "pruned"
     assert main(["prune", "--model", str(tiny_dir), "--ratio", "0.25", "--align", "16", "--method", "uniform", "--vocab",
-                 "--out", str(out), "--no-eval", *FAST]) == 0
+                 "--out", str(out), "--no-eval", *FAST, *TINY_VOCAB]) == 0
     res_file = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--reference", str(tiny_dir), "--out", str(res_file), *FAST]) == 0
     res = json.loads(res_file.read_text())
@@ -71,7 +80,7 @@ def test_bad_input_is_one_clear_line_and_nothing_written(tmp_path, tiny_dir, arg
     if "--model" not in args:
         args = ["--model", str(tiny_dir), *args]
     out = tmp_path / "out"
-    rc, stdout, stderr = run_cli("prune", *args, "--out", str(out), *FAST)
+    rc, stdout, stderr = run_cli("prune", *args, "--out", str(out), *FAST, *TINY_VOCAB)
     assert rc == 2
     lines = [l for l in stderr.splitlines() if l.startswith("greenprune: error:")]
     assert len(lines) == 1 and msg in lines[0], stderr
@@ -83,6 +92,6 @@ def test_existing_output_directory_is_refused_without_overwrite(tmp_path, tiny_d
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    rc, _, stderr = run_cli("prune", "--model", str(tiny_dir), "--out", str(out), *FAST)
+    rc, _, stderr = run_cli("prune", "--model", str(tiny_dir), "--out", str(out), *FAST, *TINY_VOCAB)
     assert rc == 2 and "exists" in stderr and "--overwrite" in stderr
     assert (out / "precious.txt").read_text() == "keep me"

@@ -101,7 +101,7 @@ def test_search_survives_the_endpoint_going_away(tiny_dir, default_dir, tmp_path
     own = ChatServer(LocalChat(m, t, "smollm2"), port=0)
     own.start_thread()
     opts = SearchOptions(model=str(tiny_dir), data=DATA, ratio=_ratio(tiny_dir), generations=2, population=3,
-                         seq_len=32, fitness_tokens=64, stage1_tokens=32, calib_tokens=128, align=8, vocab_top_ids=0,
+                         seq_len=32, fitness_tokens=64, stage1_tokens=32, calib_tokens=128, align=8, vocab_extra=0,
                          seeds=("uniform", "global"), operator="llm", llm=own.url, llm_max_tokens=48, progress=False,
                          out=str(tmp_path / "run"))
     ctx = SearchContext(opts)

@@ -25,7 +25,7 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 FILES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "colorsys.py", "heapq.py", "calendar.py",
          "string.py", "random.py", "statistics.py", "fractions.py")
 FAST = ["--calib-tokens", "256", "--eval-tokens", "256", "--seq-len", "64", "--nextline-samples", "0",
-        "--eval-data", "pypkg:json", "--no-progress"]
+        "--eval-data", "pypkg:json", "--no-progress", "--vocab-extra", "0"]
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ DATA = str(Path(greenprune.__file__).parent)  # real Python source, small enough
 def _ratio(tiny_dir) -> float:
     """The tiny model is mostly vocabulary: a ratio that removes the unused tokens and 35% of the layers."""
     from greenprune.data import calibration_and_heldout
-    from greenprune.pipeline import choose_vocabulary
+    from greenprune.vocab import choose_vocabulary
     from greenprune.plan import ModelShape
 
     m, tok = load_model(str(tiny_dir))
     shape = ModelShape.from_config(m.config)
-    keep = choose_vocabulary(tok, shape, calibration_and_heldout(DATA)[0], 1, 0)
+    keep = choose_vocabulary(tok, (d.text for d in calibration_and_heldout(DATA)[0]), shape.vocab_size)
     vocab = shape.vocab_params(shape.vocab_size) - shape.vocab_params(len(keep))
     layers = shape.dense_params - shape.vocab_params(shape.vocab_size) - shape.hidden_size
     return round((vocab + 0.35 * layers) / shape.dense_params, 4)
@@ -36,7 +36,7 @@ def _ratio(tiny_dir) -> float:
 @pytest.fixture(scope="module")
 def base(tiny_dir, tmp_path_factory):
     return SearchOptions(model=str(tiny_dir), data=DATA, ratio=_ratio(tiny_dir), generations=3, population=4,
-                         seq_len=32, fitness_tokens=128, stage1_tokens=32, calib_tokens=256, align=8, vocab_top_ids=0,
+                         seq_len=32, fitness_tokens=128, stage1_tokens=32, calib_tokens=256, align=8, vocab_extra=0,
                          kv=True, progress=False, out=str(tmp_path_factory.mktemp("s") / "run"))
 
 
@@ -180,7 +180,7 @@ def test_cli_search(base, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["search", "--model", base.model, "--data", DATA, "--ratio", str(base.ratio), "--generations", "1",
             "--population", "3", "--seq-len", "32", "--fitness-tokens", "64", "--stage1-tokens", "32", "--calib-tokens",
-            "128", "--align", "8", "--vocab-top-ids", "0", "--seeds", "uniform,global", "--out", str(out), "--no-progress"]
+            "128", "--align", "8", "--vocab-extra", "0", "--seeds", "uniform,global", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     assert "candidates" in capsys.readouterr().out and (out / "plan.json").exists()
     assert main(args) == 2 and "--resume" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, TokenizersBackend
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from greenprune.errors import GreenpruneError
-from greenprune.vocab import close_vocabulary, prune_tokenizer, remap_ids, token_counts
+from greenprune.vocab import choose_vocabulary, close_vocabulary, prune_tokenizer, remap_ids, token_counts
 
 SPECIALS = ["<|endoftext|>", "<s>", "</s>", "<pad>"]
 BYTE_ALPHABET = set(bytes_to_unicode().values())  # the 256 byte-level symbols ('Ġ' = space, 'Ċ' = newline, ...)
@@ -123,6 +123,42 @@ def test_token_counts_matches_plain_encode(small_tok):
     assert counts[small_tok.bos_token_id] == 0  # no special tokens added
     with pytest.raises(GreenpruneError, match="vocab_size"):
         token_counts(small_tok, ["def f(): pass"], 10)
+
+
+# --- choose_vocabulary ------------------------------------------------------------------------------
+
+
+def test_choose_vocabulary_ranks_unused_tokens_by_mass(small_tok):
+    V = len(small_tok)
+    counts = token_counts(small_tok, KEEP_LINES, V)
+    used = set(np.flatnonzero(counts).tolist())
+    base = choose_vocabulary(small_tok, KEEP_LINES, V)
+    assert base == close_vocabulary(small_tok, used)
+    unused = [i for i in range(V) if i not in set(base)]
+    rng = np.random.default_rng(0)
+    favourites = rng.choice(unused, size=5, replace=False).tolist()
+    mass = rng.random(V) * 1e-3
+    mass[favourites] = 1.0 + np.arange(5)  # the five unused tokens the model "expects" most
+    kept = choose_vocabulary(small_tok, KEEP_LINES, V, token_mass=mass, extra=5)
+    assert set(favourites) <= set(kept) and set(base) <= set(kept)
+    assert kept == close_vocabulary(small_tok, set(base) | set(favourites))
+    by_id = choose_vocabulary(small_tok, KEEP_LINES, V, extra=5)  # no mass: lowest unused ids
+    assert set(by_id) == set(close_vocabulary(small_tok, set(base) | set(unused[:5])))
+    with pytest.raises(GreenpruneError, match="token_mass"):
+        choose_vocabulary(small_tok, KEEP_LINES, V, token_mass=np.ones(V - 1))
+
+
+def test_choose_vocabulary_gives_tokens_back_within_budget(small_tok):
+    V = len(small_tok)
+    base = choose_vocabulary(small_tok, KEEP_LINES, V)
+    free = V - len(base)
+    mass = np.random.default_rng(1).random(V)
+    kept = choose_vocabulary(small_tok, KEEP_LINES, V, token_mass=mass, extra=10, max_removed=free // 2)
+    assert V - len(kept) == free // 2  # exactly the budget: the returned ids need no extra parts
+    with_extra = choose_vocabulary(small_tok, KEEP_LINES, V, token_mass=mass, extra=10)
+    assert set(with_extra) <= set(kept)
+    returned = sorted(set(kept) - set(with_extra))
+    assert returned == sorted(set(range(V)) - set(with_extra))[: len(returned)]  # lowest ids first
 
 
 def test_remap_ids():
