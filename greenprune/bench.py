@@ -4,7 +4,8 @@ Prefill: one forward over a [1, L] prompt per prompt length (tokens/s = L / time
 fills the KV cache, then greedy steps of [B, 1] are timed (tokens/s = B * steps / time). Dense and pruned are
 timed alternately in every repeat (medians reported), so drift of a shared machine hits both alike. CPU: eager
 float32. CUDA: bf16, CUDA-event timing; --compile uses torch.compile(mode="reduce-overhead") on a static KV cache
-(CUDA graphs). Results: bench.json (device, versions, date, command) and bench.png.
+(CUDA graphs). --fused serves both models through greenprune's ops (serving.py): the fused SwiGLU FFN, and the
+next token by lm_head_argmax from the last hidden state instead of full logits. Results: bench.json (device, versions, date, command) and bench.png.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class BenchOptions:
     decode_tokens: int = 32  # timed decode steps
     repeats: int = 3
     compile: bool = False  # CUDA only: torch.compile + static cache (CUDA graphs)
+    fused: bool = False  # serve both models through greenprune's ops (serving.py: fused SwiGLU, argmax LM head)
     device_map: Optional[str] = None  # e.g. "auto": accelerate spreads the models over the visible GPUs
 
     def validate(self) -> None:
@@ -91,11 +93,24 @@ def _timer(device: torch.device) -> Callable[[Callable], float]:
 class Runner:
     """Prefill and decode closures for one model (eager, or compiled with a static cache on CUDA)."""
 
-    def __init__(self, model, compile: bool):
-        self.model, self.compile = model, compile
+    def __init__(self, model, compile: bool, fused: bool = False):
+        self.model, self.compile, self.fused = model, compile, fused
         self.device = next(model.parameters()).device
         self.vocab = model.config.vocab_size
-        self._step = torch.compile(model.forward, mode="reduce-overhead") if compile else model.forward
+        if fused:
+            from .serving import fuse_for_serving
+
+            fuse_for_serving(model)
+        self._step = torch.compile(self._next_tokens, mode="reduce-overhead") if compile else self._next_tokens
+
+    def _next_tokens(self, **kw) -> torch.Tensor:
+        """Greedy next tokens [B, 1] after a forward of input_ids: all logits then argmax (eager transformers),
+        or, fused, the last hidden state through lm_head_argmax (no logits written)."""
+        if self.fused:
+            from .serving import greedy_step
+
+            return greedy_step(self.model, **kw)[0]
+        return self.model(**kw).logits[:, -1:].argmax(-1)
 
     def ids(self, b: int, n: int, seed: int = 0) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -103,6 +118,8 @@ class Runner:
 
     def prefill(self, length: int) -> Callable[[], None]:
         x = self.ids(1, length)
+        if self.fused:  # a server needs the next token only: no [L, vocab] logits
+            return torch.no_grad()(lambda: self._next_tokens(input_ids=x, use_cache=False))
         return torch.no_grad()(lambda: self.model(x, use_cache=False))
 
     def decode(self, batch: int, prompt: int, steps: int) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -114,15 +131,15 @@ class Runner:
 
         def setup():
             cache = StaticCache(config=self.model.config, max_cache_len=prompt + steps) if self.compile else DynamicCache(config=self.model.config)
-            out = self.model(x, past_key_values=cache, use_cache=True, cache_position=torch.arange(prompt, device=self.device))
-            state.update(cache=cache, tok=out.logits[:, -1:].argmax(-1))
+            tok = self._next_tokens(input_ids=x, past_key_values=cache, use_cache=True,
+                                    cache_position=torch.arange(prompt, device=self.device))
+            state.update(cache=cache, tok=tok)
 
         def timed():
             tok, cache = state["tok"], state["cache"]
             for s in range(steps):
                 pos = torch.tensor([prompt + s], device=self.device)
-                out = self._step(input_ids=tok, past_key_values=cache, use_cache=True, cache_position=pos)
-                tok = out.logits[:, -1:].argmax(-1)
+                tok = self._step(input_ids=tok, past_key_values=cache, use_cache=True, cache_position=pos)
 
         return torch.no_grad()(setup), torch.no_grad()(timed)
 
@@ -156,7 +173,7 @@ def run_bench(model: str, reference: Optional[str], opts: BenchOptions, out: Opt
         paths["dense"] = reference or "default:SmolLM2-135M-Instruct"
     models["pruned"], _ = load_model(model, dtype=dtype, device_map=device_map)
     paths["pruned"] = model
-    runners = {k: Runner(m, opts.compile) for k, m in models.items()}
+    runners = {k: Runner(m, opts.compile, opts.fused) for k, m in models.items()}
     device = runners["pruned"].device
     timer = _timer(device)
     res = {"info": run_info(device, command), "options": asdict(opts), "dtype": str(dtype).replace("torch.", ""),

@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-layer-drop", action="store_true", help="never remove whole layers")
     p.add_argument("--kv", action="store_true", help="also consider removing KV groups (off by default: see README)")
     p.add_argument("--kl-tokens", type=int, default=512, help="calibration tokens for the KL tables (default 512)")
-    p.add_argument("--reconstruct", action="store_true",
-                   help="training-free least-squares refit of the projections that consume pruned channels")
+    p.add_argument("--drop-check-tokens", type=int, default=2048,
+                   help="calibration tokens of the whole-plan KL that decides whether removing layers pays (default 2048)")
+    p.add_argument("--reconstruct", dest="reconstruct", action="store_true", default=None,
+                   help="training-free least-squares refit of the projections that consume pruned channels "
+                        "(default: on where the scorer collected the Gram statistics, i.e. output-error)")
+    p.add_argument("--no-reconstruct", dest="reconstruct", action="store_false")
     p.add_argument("--bias-compensation", dest="bias_compensation", action="store_true", default=None,
                    help="fold the mean output of removed channels into down_proj/o_proj biases (default: see README)")
     p.add_argument("--no-bias-compensation", dest="bias_compensation", action="store_false")
@@ -159,9 +163,10 @@ def _options(a):
     return JobOptions(
         model=a.model, data=a.data, eval_data=tuple(a.eval_data) if a.eval_data is not None else ("pypkg:rich",),
         plan=plan, scorer=getattr(a, "scorer", "auto"), vocab=getattr(a, "vocab", None),
-        vocab_extra=getattr(a, "vocab_extra", 2048), calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512), seq_len=a.seq_len,
+        vocab_extra=getattr(a, "vocab_extra", 2048), calib_tokens=a.calib_tokens, kl_tokens=getattr(a, "kl_tokens", 512),
+        drop_check_tokens=getattr(a, "drop_check_tokens", 2048), seq_len=a.seq_len,
         eval_tokens=a.eval_tokens, nextline_samples=a.nextline_samples, plan_file=getattr(a, "plan", None),
-        reconstruct=getattr(a, "reconstruct", False), out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
+        reconstruct=getattr(a, "reconstruct", None), out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
         evaluate=not getattr(a, "no_eval", False), progress=not a.no_progress,
         **({"bias_compensation": a.bias_compensation} if getattr(a, "bias_compensation", None) is not None else {}),
         recover=_recover_options(a, "recover_", progress=not a.no_progress, seq_len=a.seq_len) if getattr(a, "recover", False) else None,

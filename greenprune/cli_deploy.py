@@ -54,6 +54,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--decode-tokens", type=int, default=32, help="timed decode steps (default 32)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     b.add_argument("--compile", action="store_true", help="CUDA: torch.compile + static KV cache (CUDA graphs)")
+    b.add_argument("--fused", action="store_true",
+                   help="serve both models through greenprune's ops: fused SwiGLU FFN, argmax LM head (no logits)")
     b.add_argument("--device-map", default=None, help='accelerate device map, e.g. "auto" to spread over several GPUs')
     b.add_argument("--out", required=True, help="directory for bench.json and bench.png")
     b.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -91,7 +93,8 @@ def run(a) -> int:
     from .bench import BenchOptions, run_bench
 
     opts = BenchOptions(prompt_lens=tuple(x for xs in a.prompt_lens for x in xs), batches=tuple(x for xs in a.batch for x in xs), decode_prompt=a.decode_prompt,
-                        decode_tokens=a.decode_tokens, repeats=a.repeats, compile=a.compile, device_map=a.device_map)
+                        decode_tokens=a.decode_tokens, repeats=a.repeats, compile=a.compile, fused=a.fused,
+                        device_map=a.device_map)
     res = run_bench(a.model, a.reference, opts, a.out, progress=not a.no_progress, command=a.command_line)
     for r in res["prefill"] + res["decode"]:
         what = f"prefill L={r['prompt_len']}" if "prompt_len" in r else f"decode B={r['batch']}"

@@ -28,15 +28,18 @@ FITNESS = ("kl", "bpb")
 
 class MaskedFitness:
     def __init__(self, model, blocks: torch.Tensor, ffn_scores, kv_scores, vocab_keep: Optional[list[int]] = None,
-                 metric: str = "kl", tokenizer=None, batch_size: int = 4):
+                 metric: str = "kl", tokenizer=None, batch_size: int = 4, copy_model: bool = True):
         if metric not in FITNESS:
             raise ValueError(f"unknown fitness '{metric}'")
         if metric == "bpb" and tokenizer is None:
             raise ValueError("bits per byte needs the tokenizer")
         self.metric = metric
-        self.work = copy.deepcopy(model).eval()  # the masks live on this copy; the dense model is never touched
-        for p in self.work.parameters():
-            p.requires_grad_(False)
+        # the masks live on a copy, so the dense model is never touched; copy_model=False hooks the model itself
+        # (no second copy in memory) and the caller must close() this object before using the model again
+        self.work = (copy.deepcopy(model) if copy_model else model).eval()
+        if copy_model:
+            for p in self.work.parameters():
+                p.requires_grad_(False)
         self.layers = self.work.model.layers
         self.ffn_scores, self.kv_scores = ffn_scores, kv_scores
         head = self.work.lm_head.weight

@@ -22,7 +22,7 @@ from .evaluate import agreement, bits_per_byte, cpu_tokens_per_second, generate_
 from .importance import score_model
 from .models import atomic_dir, dir_size, load_model, num_params, write_json_atomic
 from .plan import ModelShape, PruningPlan, resolve_plan
-from .planner import LayerwiseKL, PlanOptions, make_plan, measure_kl_tables
+from .planner import LayerwiseKL, PlanOptions, check_layer_drops, make_plan, measure_kl_tables
 from .plots import plot_plan
 from .prune import prune_model
 from .reconstruct import compensate_, reconstruct_
@@ -51,10 +51,15 @@ class JobOptions:
     # vocabulary from the 16384-token mass costs 1.037x on rich, from 4096 tokens 1.048x
     calib_tokens: int = 16384
     kl_tokens: int = 512  # KL tables of the unified planner
+    drop_check_tokens: int = 2048  # whole-plan KL that decides whether removing layers pays (check_layer_drops)
     seq_len: int = 256
     eval_tokens: int = 8192
     nextline_samples: int = 32
-    reconstruct: bool = False  # training-free least-squares refit of down_proj / o_proj (reconstruct.py)
+    # training-free least-squares refit of down_proj / o_proj (reconstruct.py). None: on wherever the scorer
+    # already collected the Gram statistics it needs (the output-error scorer, chosen by --scorer auto where they
+    # fit), so it costs seconds; measured on the unified 22% plan with bias compensation: 1.065x -> 1.041x dense
+    # bits/byte held-out stdlib, 1.113x -> 1.097x rich (README quality table, also at 30% and 50%)
+    reconstruct: Optional[bool] = None
     reconstruct_ridge: float = 1.0
     # fold removed channels' mean output into down_proj/o_proj biases (reconstruct.compensate_). None: on for
     # per-layer plans, which are saved as greenprune_llama anyway (measured on the unified 22% plan: 1.093x ->
@@ -67,6 +72,11 @@ class JobOptions:
     overwrite: bool = False
     evaluate: bool = True
     progress: bool = True
+
+    def use_reconstruct(self, stats) -> bool:
+        if self.reconstruct is not None:
+            return self.reconstruct
+        return all(st.ffn_gram is not None for st in stats)
 
     def use_bias_compensation(self, plan: PruningPlan) -> bool:
         return (not plan.is_uniform) if self.bias_compensation is None else self.bias_compensation
@@ -93,7 +103,7 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
     with timer("tokenize_calibration"):
         blocks = data_mod.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
     with timer("importance"):
-        scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=opts.reconstruct)
+        scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=bool(opts.reconstruct))
     extra = {"block_influence": scores.block_influence, "scores": scores}
     if opts.plan_file:
         plan = PruningPlan.load(Path(opts.plan_file))
@@ -119,6 +129,12 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
             if vocab_keep is not None and opts.vocab_extra > 0:
                 raise GreenpruneError(f"{e}, or keep fewer unused tokens (--vocab-extra {opts.vocab_extra})") from e
             raise
+    if tables is not None and tables["drop"] and plan.dropped_layers:
+        with timer("layer_drop_check"):
+            check_blocks = blocks[: max(1, opts.drop_check_tokens // blocks.shape[1])]
+            plan, extra["layer_drop_check"] = check_layer_drops(model, check_blocks, scores, shape,
+                                                                _with_bias_budget(opts, shape), vocab_keep, tables, plan)
+        log.info("layer removal check: %s", extra["layer_drop_check"])
     return plan, extra
 
 
@@ -194,10 +210,11 @@ def run_prune(opts: JobOptions) -> dict:
     with timer("prune"):
         pruned = prune_model(dense, plan)
         pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
+    refit = opts.use_reconstruct(extra["scores"].stats)
     if opts.use_bias_compensation(plan):
         with timer("reconstruct"):
-            compensate_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct, opts.reconstruct_ridge)
-    elif opts.reconstruct:
+            compensate_(pruned, dense, plan, extra["scores"].stats, refit, opts.reconstruct_ridge)
+    elif refit:
         with timer("reconstruct"):
             reconstruct_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct_ridge)
     recovery = None
@@ -213,6 +230,7 @@ def run_prune(opts: JobOptions) -> dict:
         "options": _jsonable(asdict(opts)),
         "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
         "plan": plan.to_dict(),
+        "compensation": {"bias": opts.use_bias_compensation(plan), "refit": refit},
         "importance": {k: v for k, v in extra.items() if k != "scores"},
         **({"recovery": recovery} if recovery is not None else {}),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -11,7 +11,7 @@ block influence, ShortGPT).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -249,6 +249,34 @@ def plan_layers(shape: ModelShape, scores: Scores, opts: PlanOptions, need: int,
     if not choices or all(c is None for c in choices):
         raise _unreachable(shape, opts)
     return _layer_plans(choices, scores)
+
+
+def check_layer_drops(model, blocks: torch.Tensor, scores: Scores, shape: ModelShape, opts: PlanOptions,
+                      vocab_keep: Optional[list[int]], tables: dict, plan: PruningPlan) -> tuple[PruningPlan, dict]:
+    """Keep whole-layer removal only where the whole plan shows it pays.
+
+    The DP adds single-change KLs, which misjudges removing a layer when other layers are narrowed too (on
+    SmolLM2 at 30%: the plan without layer 17 measured 1.313x dense bits/byte held out, the plan re-solved
+    without layer removal 1.175x). So a plan that removes layers is compared, as a whole, with the plan the DP
+    makes without layer removal at the same budget: KL(dense || plan) on `blocks`, the lower one is kept."""
+    from .fitness import MaskedFitness  # fitness imports this module
+    from .searchspace import Genome
+
+    try:
+        alt = make_plan(shape, scores, replace(opts, drop_layers=False), vocab_keep, {**tables, "drop": []})
+    except GreenpruneError as e:  # the budget needs layer removal
+        return plan, {"kept": "with layer removal", "reason": str(e)}
+    fit = MaskedFitness(model, blocks, scores.ffn, scores.kv, vocab_keep, copy_model=False)
+    try:
+        kl_drop = fit.evaluate(Genome.from_plan(plan), len(blocks))
+        kl_keep = fit.evaluate(Genome.from_plan(alt), len(blocks))
+    finally:
+        fit.close()
+    record = {"tokens": int(blocks.numel()), "kl_with_layer_removal": kl_drop, "kl_without": kl_keep,
+              "layers_dropped": plan.dropped_layers}
+    if kl_keep <= kl_drop:
+        return alt, {**record, "kept": "without layer removal"}
+    return plan, {**record, "kept": "with layer removal"}
 
 
 def _unreachable(shape: ModelShape, opts: PlanOptions) -> GreenpruneError:

@@ -33,6 +33,15 @@ class Genome:
     def from_json(cls, d: dict) -> "Genome":
         return cls(tuple(int(x) for x in d["ffn"]), tuple(int(x) for x in d["kv"]))
 
+    @classmethod
+    def from_plan(cls, plan: PruningPlan) -> "Genome":
+        """The genome of a plan: removed layers get width 0 (and the dense KV-group count)."""
+        L, G = plan.shape.num_hidden_layers, plan.shape.num_key_value_heads
+        ffn, kv = [0] * L, [G] * L
+        for lp in plan.layers:
+            ffn[lp.index], kv[lp.index] = lp.ffn_width, lp.kv_heads
+        return cls(tuple(ffn), tuple(kv))
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -189,10 +198,7 @@ class SearchSpace:
         return plan
 
     def from_plan(self, plan: PruningPlan) -> Genome:
-        ffn, kv = [0] * self.L, list(self.kv_counts[:1] * self.L)
-        for lp in plan.layers:
-            ffn[lp.index], kv[lp.index] = lp.ffn_width, lp.kv_heads
-        return Genome(tuple(ffn), tuple(kv))
+        return Genome.from_plan(plan)
 
     def describe(self, g: Genome) -> str:
         return f"{self.params(g):,} params ({1 - self.params(g) / self.shape.dense_params:.1%} removed)"

@@ -21,8 +21,8 @@ from greenprune.pipeline import JobOptions, run_prune
 from greenprune.planner import PlanOptions
 
 UNIFIED = "greenprune unified (KL-guided: vocabulary + layers + FFN), no compensation"
-COMPENSATED = "greenprune unified + bias compensation (prune's default)"
-RECONSTRUCTED = "greenprune unified + training-free reconstruction"
+COMPENSATED = "greenprune unified + bias compensation"
+RECONSTRUCTED = "greenprune unified + training-free reconstruction"  # prune's default: refit + bias
 BASELINES = {
     # name: (method, scorer, vocab)
     UNIFIED: ("unified", "auto", True),
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--rows", nargs="*", default=list(BASELINES))
     ap.add_argument("--out", default="benches/results/quality_cpu.json")
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--replace", action="store_true", help="write only this run's rows (default: merge into --out)")
     a = ap.parse_args()
     rows = []
     base = JobOptions(eval_tokens=a.eval_tokens, nextline_samples=16, progress=False)
@@ -51,7 +52,7 @@ def main():
             method, scorer, vocab = BASELINES[name]
             opts = replace(base, plan=PlanOptions(ratio=ratio, method=method, max_ffn_prune=0.75 if method == "unified" else 0.9),
                            scorer=scorer, vocab=vocab, vocab_extra=base.vocab_extra if method == "unified" else 0,
-                           bias_compensation=False, out=str(scratch / f"{ratio}-{method}"), overwrite=True)
+                           bias_compensation=False, reconstruct=False, out=str(scratch / f"{ratio}-{method}"), overwrite=True)
             if name in REFITS:  # the unified plan just made, compensated / refitted: no second planning pass
                 opts = replace(opts, plan_file=str(scratch / f"{ratio}-{method}" / "plan.json"), **REFITS[name],
                                out=str(scratch / f"{ratio}-{name[:24].replace(' ', '_')}"))
@@ -71,14 +72,27 @@ def main():
             for k in sets:
                 row[k] = {"dense_bpb": ev["dense"][k]["bpb"], "pruned_bpb": ev["pruned"][k]["bpb"], "ratio": ev["pruned"][k]["bpb_ratio"],
                           "kl": ev["pruned"][k]["kl"], "top1": ev["pruned"][k]["top1_agreement"]}
+            row["date"] = datetime.date.today().isoformat()
+            if "layer_drop_check" in r["importance"]:
+                row["layer_drop_check"] = r["importance"]["layer_drop_check"]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "plan_summary"}), flush=True)
     doc = {"date": datetime.date.today().isoformat(), "greenprune": __version__, "torch": torch.__version__,
            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only",
            "command": "python scripts/quality_table.py --ratios " + " ".join(map(str, a.ratios)), "rows": rows}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(markdown(rows))
+    out = Path(a.out)
+    if out.exists() and not a.replace:  # keep the rows not re-measured in this run, in table order
+        old = json.loads(out.read_text())
+        fresh = {(r["ratio"], r["method"]) for r in rows}
+        kept = [r for r in old.get("rows", []) if (r["ratio"], r["method"]) not in fresh]
+        order = {name: i for i, name in enumerate(BASELINES)}
+        doc["rows"] = sorted(kept + rows, key=lambda r: (r["ratio"], order.get(r["method"], len(order))))
+        doc["superseded_rows"] = old.get("superseded_rows", [])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(out)
+    print(markdown(doc["rows"]))
 
 
 def markdown(rows) -> str:

@@ -55,6 +55,15 @@ def test_bench_without_reference_benches_the_model_alone(pruned_dir, tmp_path):
     assert list(res["models"]) == ["pruned"] and "speedup" not in res["prefill"][0]
 
 
+def test_bench_fused_serves_both_models_through_greenprunes_ops(tiny_dir, pruned_dir, tmp_path):
+    assert main(["bench", "--model", str(pruned_dir), "--reference", str(tiny_dir), "--prompt-lens", "8", "--batch", "2",
+                 "--decode-prompt", "3", "--decode-tokens", "2", "--repeats", "1", "--fused", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    res = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert res["options"]["fused"] is True and res["info"]["command"].endswith("--fused --out " + str(tmp_path / "b") + " --no-progress")
+    assert res["decode"][0]["pruned_tokens_per_s"] > 0 and res["decode"][0]["dense_tokens_per_s"] > 0
+
+
 def test_bench_bad_arguments(pruned_dir, tmp_path, capsys):
     assert main(["bench", "--model", str(pruned_dir), "--batch", "0", "--out", str(tmp_path / "b")]) == 2
     assert "--batch need positive integers" in capsys.readouterr().err

@@ -43,6 +43,9 @@ def test_prune_end_to_end_writes_a_loadable_model_and_report(tmp_path, tiny_dir,
             d = d[k]
     assert rep["params"]["pruned"] <= 0.7 * rep["params"]["dense"]
     m = AutoModelForCausalLM.from_pretrained(out)
+    # defaults: the output-error scorer's Gram statistics are there, so the kept weights are refitted; per-layer
+    # plans also get bias compensation (saved as greenprune_llama), uniform ones stay a plain llama config
+    assert rep["compensation"] == {"refit": True, "bias": m.config.model_type == "greenprune_llama"}
     tok = AutoTokenizer.from_pretrained(out)
     assert sum(p.numel() for p in m.parameters()) == rep["params"]["pruned"]
     assert len(tok) == m.config.vocab_size == rep["plan"]["summary"]["vocab_size"]
@@ -53,6 +56,22 @@ def test_prune_end_to_end_writes_a_loadable_model_and_report(tmp_path, tiny_dir,
     assert main(["prune", "--model", str(tiny_dir), "--plan", str(out / "plan.json"), "--out", str(out2), "--no-eval", *FAST, *TINY_VOCAB]) == 0
     m2 = AutoModelForCausalLM.from_pretrained(out2)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+@pytest.mark.parametrize("extra, refit", [(["--scorer", "wanda"], False), (["--no-reconstruct"], False),
+                                           (["--scorer", "wanda", "--reconstruct"], True)])
+def test_refit_default_follows_the_gram_statistics(tmp_path, tiny_dir, extra, refit):
+    """The refit is on by default only where the scorer collected Gram statistics; the flags override it."""
+    out = tmp_path / "p"
+    assert main(["prune", "--model", str(tiny_dir), "--ratio", "0.3", "--align", "16", "--method", "uniform", "--vocab",
+                 "--out", str(out), "--no-eval", *FAST, *TINY_VOCAB, *extra]) == 0
+    rep = json.loads((out / "greenprune_report.json").read_text())
+    assert rep["compensation"] == {"refit": refit, "bias": False}
+    dense = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    m = AutoModelForCausalLM.from_pretrained(out)
+    keep = rep["plan"]["layers"][0]["ffn_keep"]
+    sliced = dense.model.layers[0].mlp.down_proj.weight[:, keep]
+    assert torch.equal(m.model.layers[0].mlp.down_proj.weight, sliced) != refit  # refitted weights differ
 
 
 def test_eval_subcommand_against_reference(tmp_path, tiny_dir):

@@ -8,7 +8,8 @@ import torch
 from greenprune.errors import GreenpruneError
 from greenprune.importance import score_model
 from greenprune.plan import ModelShape
-from greenprune.planner import LayerwiseKL, PlanOptions, _solve, ffn_widths, make_plan, measure_kl_tables
+from greenprune.planner import LayerwiseKL, PlanOptions, _solve, check_layer_drops, ffn_widths, make_plan, measure_kl_tables
+from greenprune.prune import prune_model
 
 from helpers import tiny_model
 
@@ -97,3 +98,38 @@ def test_unreachable_ratio_is_a_clear_error(scored):
     shape = ModelShape.from_config(m.config)
     with pytest.raises(GreenpruneError, match="unreachable"):
         make_plan(shape, scores, PlanOptions(ratio=0.9, align=16, method="uniform", max_ffn_prune=0.5), None)
+
+
+def _kl_of_pruned(dense, pruned, blocks) -> float:
+    """Mean per-token KL(dense || physically pruned model), full vocabulary, plain eager forwards."""
+    with torch.no_grad():
+        ld = torch.log_softmax(dense(blocks).logits.double(), -1)
+        lp = torch.log_softmax(pruned(blocks).logits.double(), -1)
+    return (ld.exp() * (ld - lp)).sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("drop_cost", [0.0, 1e3])
+def test_layer_drop_check_keeps_the_plan_with_the_lower_measured_kl(scored, drop_cost):
+    """Tables that make one layer's removal look free (or prohibitive) give a plan with (without) removal; the
+    check re-solves without removal, measures both whole plans and keeps the lower: its KLs are those of the
+    physically pruned models, and the dense model is left as it was."""
+    m, blocks, scores = scored
+    shape = ModelShape.from_config(m.config)
+    opts = PlanOptions(ratio=0.3, align=16)
+    tables = measure_kl_tables(LayerwiseKL(m, blocks), scores, shape, opts, progress=False)
+    tables["drop"] = [drop_cost if i == 2 else 1e3 for i in range(shape.num_hidden_layers)]
+    plan = make_plan(shape, scores, opts, None, tables)
+    assert plan.dropped_layers == ([2] if drop_cost == 0.0 else [])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    chosen, rec = check_layer_drops(m, blocks, scores, shape, opts, None, tables, plan)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not any(l.mlp.down_proj._forward_pre_hooks for l in m.model.layers)  # its masks are gone
+    if drop_cost != 0.0:  # nothing removed: the check still measures, and the re-solved plan is the same
+        assert chosen.dropped_layers == [] and rec["kl_with_layer_removal"] == pytest.approx(rec["kl_without"])
+        return
+    alt = make_plan(shape, scores, PlanOptions(ratio=0.3, align=16, drop_layers=False), None, {**tables, "drop": []})
+    assert rec["kl_with_layer_removal"] == pytest.approx(_kl_of_pruned(m, prune_model(m, plan), blocks), rel=1e-3)
+    assert rec["kl_without"] == pytest.approx(_kl_of_pruned(m, prune_model(m, alt), blocks), rel=1e-3)
+    best = plan if rec["kl_with_layer_removal"] < rec["kl_without"] else alt
+    assert chosen.to_dict() == best.to_dict() and rec["kept"] == ("with layer removal" if best is plan else "without layer removal")
+    assert chosen.params() <= (1 - 0.3) * shape.dense_params
