@@ -15,6 +15,9 @@ def print_prune(report: dict, out) -> None:
     con.print(f"[bold]greenprune[/bold] {report['plan']['meta'].get('method')}: "
               f"{p['dense']:,} -> {p['pruned']:,} parameters ({p['ratio']:.1%} removed); "
               f"layers dropped {s['layers_dropped']}, vocabulary {s['vocab_size']:,}")
+    comp = report.get("compensation", {})
+    done = [name for key, name in (("refit", "least-squares refit"), ("bias", "bias compensation")) if comp.get(key)]
+    con.print(f"training-free compensation: {' + '.join(done) if done else 'none'}")
     if report.get("eval"):
         _print_eval_tables(con, report["eval"], p)
     if out:

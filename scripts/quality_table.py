@@ -22,7 +22,7 @@ from greenprune.planner import PlanOptions
 
 UNIFIED = "greenprune unified (KL-guided: vocabulary + layers + FFN), no compensation"
 COMPENSATED = "greenprune unified + bias compensation"
-RECONSTRUCTED = "greenprune unified + training-free reconstruction"  # prune's default: refit + bias
+RECONSTRUCTED = "greenprune unified + least-squares refit and bias compensation (prune's default)"
 BASELINES = {
     # name: (method, scorer, vocab)
     UNIFIED: ("unified", "auto", True),
