@@ -123,9 +123,10 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
             kl = LayerwiseKL(model, kl_blocks, vocab_keep)
             tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
         extra["kl_tables"] = tables
+    plan_opts = _with_bias_budget(opts, shape)
     with timer("plan"):
         try:
-            plan = make_plan(shape, scores, _with_bias_budget(opts, shape), vocab_keep, tables)
+            plan = make_plan(shape, scores, plan_opts, vocab_keep, tables)
         except GreenpruneError as e:
             if vocab_keep is not None and opts.vocab_extra > 0:
                 raise GreenpruneError(f"{e}, or keep fewer unused tokens (--vocab-extra {opts.vocab_extra})") from e
@@ -133,8 +134,8 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
     if tables is not None and tables["drop"] and plan.dropped_layers:
         with timer("layer_drop_check"):
             check_blocks = blocks[: max(1, opts.drop_check_tokens // blocks.shape[1])]
-            plan, extra["layer_drop_check"] = check_layer_drops(model, check_blocks, scores, shape,
-                                                                _with_bias_budget(opts, shape), vocab_keep, tables, plan)
+            plan, extra["layer_drop_check"] = check_layer_drops(model, check_blocks, scores, shape, plan_opts,
+                                                                vocab_keep, tables, plan)
         log.info("layer removal check: %s", extra["layer_drop_check"])
     return plan, extra
 

@@ -1,8 +1,10 @@
 """Serving a pruned model through the fused ops (greenprune/serving.py): the Triton swiglu_ffn and lm_head_argmax
 kernels inside a real (tiny) pruned model, against the same model run by eager transformers.
 
-Tolerance (fp32 logits): the fused FFN sums the same fp32 products in another order in every layer; 1e-4 x the
-logits' scale leaves room for that through 3 layers (measured differences ~1e-6). Greedy tokens must be equal.
+Tolerance (fp32 logits): under the interpreter the fused FFN sums the same fp32 products in another order in
+every layer: 1e-5 x the logits' scale (measured: 1.2e-7 at scale 0.5, seed 0). On a GPU the kernel's fp32 dots are
+tf32x3 (three TF32 products, about fp32 accuracy; kernels/dispatch.dot_modes): 1e-4 x scale. Greedy tokens must
+be equal.
 """
 import pytest
 import torch
@@ -38,13 +40,13 @@ def pruned_pair(gen):
     return eager, fused
 
 
-def _check_logits(eager, fused, ids):
+def _check_logits(eager, fused, ids, rel=1e-5):
     with torch.no_grad():
         want = eager(ids).logits.float()
         got = fused(ids).logits.float()
     assert all(isinstance(l.mlp, FusedSwiGLU) for l in fused.model.layers)
     assert [l.mlp.intermediate_size for l in fused.model.layers] == [37, 64, 5]
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
+    torch.testing.assert_close(got, want, rtol=0, atol=rel * float(want.abs().max()))
 
 
 def _greedy(model, ids, steps, fused: bool):
@@ -92,5 +94,5 @@ def test_fused_serving_refuses_an_mlp_it_cannot_compute():
 def test_fused_model_matches_eager_on_gpu(mark, gen):
     eager, fused = (m.cuda() for m in pruned_pair(gen))
     ids = torch.randint(0, 97, (2, 11), generator=gen).cuda()
-    _check_logits(eager, fused, ids)
+    _check_logits(eager, fused, ids, rel=1e-4)
     assert torch.equal(_greedy(fused, ids, 6, fused=True), _greedy(eager, ids, 6, fused=False))
