@@ -5,7 +5,8 @@ fills the KV cache, then greedy steps of [B, 1] are timed (tokens/s = B * steps 
 timed alternately in every repeat (medians reported), so drift of a shared machine hits both alike. CPU: eager
 float32. CUDA: bf16, CUDA-event timing; --compile uses torch.compile(mode="reduce-overhead") on a static KV cache
 (CUDA graphs). --fused serves both models through greenprune's ops (serving.py): the fused SwiGLU FFN, and the
-next token by lm_head_argmax from the last hidden state instead of full logits. Results: bench.json (device, versions, date, command) and bench.png.
+next token by lm_head_argmax from the last hidden state instead of full logits. Results: bench.json (device,
+versions, date, command) and bench.png.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from ._version import __version__
 from .errors import GreenpruneError
 from .models import load_model, num_params, write_json_atomic
+from .serving import fuse_for_serving, greedy_step
 
 
 @dataclass(frozen=True)
@@ -98,17 +100,13 @@ class Runner:
         self.device = next(model.parameters()).device
         self.vocab = model.config.vocab_size
         if fused:
-            from .serving import fuse_for_serving
-
             fuse_for_serving(model)
         self._step = torch.compile(self._next_tokens, mode="reduce-overhead") if compile else self._next_tokens
 
     def _next_tokens(self, **kw) -> torch.Tensor:
         """Greedy next tokens [B, 1] after a forward of input_ids: all logits then argmax (eager transformers),
         or, fused, the last hidden state through lm_head_argmax (no logits written)."""
-        if self.fused:
-            from .serving import greedy_step
-
+        if self.fused:  # imported at module level: this runs once per timed decode step
             return greedy_step(self.model, **kw)[0]
         return self.model(**kw).logits[:, -1:].argmax(-1)
 

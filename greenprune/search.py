@@ -157,7 +157,7 @@ class SearchContext:
             kl = LayerwiseKL(self.model, self.blocks, self.vocab_keep)
             self._tables[key] = measure_kl_tables(kl, self.scores, self.shape, popts, progress=opts.progress)
         plan = make_plan(self.shape, self.scores, popts, self.vocab_keep, self._tables[key])
-        return space.repair(space.from_plan(plan), rng)
+        return space.repair(Genome.from_plan(plan), rng)
 
     def seed_genomes(self, space: SearchSpace, opts: SearchOptions, names=None) -> dict[str, Genome]:
         out = {}

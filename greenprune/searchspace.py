@@ -197,9 +197,6 @@ class SearchSpace:
             raise GreenpruneError(f"internal: plan over budget ({plan.params()} > {self.max_params})")
         return plan
 
-    def from_plan(self, plan: PruningPlan) -> Genome:
-        return Genome.from_plan(plan)
-
     def describe(self, g: Genome) -> str:
         return f"{self.params(g):,} params ({1 - self.params(g) / self.shape.dense_params:.1%} removed)"
 
