@@ -27,7 +27,7 @@ import torch
 from greenprune import data as data_mod
 from greenprune._version import __version__
 from greenprune.evaluate import bits_per_byte
-from greenprune.models import load_model, num_params, write_json_atomic
+from greenprune.models import default_model_dir, load_model, num_params, write_json_atomic
 from greenprune.pipeline import REPORT_NAME, JobOptions, Timer, build_plan, heldout_texts
 from greenprune.planner import PlanOptions
 from greenprune.prune import prune_model
@@ -51,15 +51,17 @@ def save(model, tok, plan, where: Path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.22])
+    ap.add_argument("--ratios", type=float, nargs="*", default=[0.22])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--lora-from", default="best", help="training-free variant LoRA starts from (best: lowest stdlib bpb)")
     ap.add_argument("--steps", type=int, default=0, help="LoRA steps (0: no LoRA rows)")
-    ap.add_argument("--lora-data", default="stdlib")
+    ap.add_argument("--lora-data", nargs="+", default=["stdlib"], help="recovery data specs (as greenprune recover --data)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--batch-tokens", type=int, default=512)
     ap.add_argument("--ce-weight", type=float, default=0.0)
+    ap.add_argument("--dense-control", action="store_true",
+                    help="also train the unpruned model the same way (a row with ratio 0): the gain that is adaptation")
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--scratch", default=None)
@@ -118,25 +120,37 @@ def main():
                    **{f"bpb {k}": s[k] for k in s}, **{f"x dense {k}": s[k] / d[k] for k in s},
                    "dense": d, "wall_s": round(cost, 1), "plan_wall_s": round(plan_s, 1), "train_tokens": 0}
             add(row)
-            if best is None or s[f"stdlib:heldout"] < best[1]:
+            if best is None or s["stdlib:heldout"] < best[1]:
                 best = (v, s["stdlib:heldout"])
         if a.steps:
-            from greenprune.recover import RecoverOptions, run_recover
-
             start = best[0] if a.lora_from == "best" and best else a.lora_from
-            ro = RecoverOptions(model=str(scratch / f"{ratio}-{start}"), reference=None, data=(a.lora_data,),
-                                steps=a.steps, lr=a.lr, rank=a.rank, batch_tokens=a.batch_tokens, seq_len=a.seq_len,
-                                ce_weight=a.ce_weight, out=str(scratch / f"{ratio}-{start}-lora"), overwrite=True,
-                                progress=True, eval_tokens=0)
-            t = time.time()
-            rep = run_recover(ro)
-            cost = time.time() - t
-            m, mt = load_model(ro.out)
-            s = score(m, mt, sets, a.seq_len)
-            add({"eval_tokens": a.eval_tokens, "ratio": ratio, "stage": f"LoRA self-distillation from '{start}' ({a.steps} steps, rank {a.rank}, lr {a.lr}, "
-                 f"data {a.lora_data}, ce_weight {a.ce_weight})", "params_removed": 1 - num_params(m) / num_params(dense),
-                 **{f"bpb {k}": s[k] for k in s}, **{f"x dense {k}": s[k] / d[k] for k in s}, "dense": d,
-                 "wall_s": round(cost, 1), "train_tokens": rep["train_tokens"], "final_loss": rep["loss"][-1] if rep["loss"] else None})
+            add(lora_row(a, scratch, scratch / f"{ratio}-{start}", ratio, f"LoRA self-distillation from '{start}'", sets, d, dense))
+    if a.dense_control and a.steps:  # the same training on the unpruned model: how much of the gain is adaptation
+        add(lora_row(a, scratch, default_model_dir(), 0.0, "control: the dense model itself trained the same way", sets, d, dense))
+
+
+def lora_row(a, scratch: Path, start: Path, ratio: float, label: str, sets, d, dense) -> dict:
+    """LoRA recovery of the model in `start` with the script's options, scored like every other row."""
+    from greenprune.recover import RecoverOptions, run_recover
+
+    tag = "-".join(Path(x).name.replace(":", "_") for x in a.lora_data) + f"-ce{a.ce_weight}-s{a.steps}"
+    out = scratch / f"{start.name}-lora-{tag}"
+    ro = RecoverOptions(model=str(start), reference=None if ratio else str(start), data=tuple(a.lora_data),
+                        steps=a.steps, lr=a.lr, rank=a.rank, batch_tokens=a.batch_tokens, seq_len=a.seq_len,
+                        ce_weight=a.ce_weight, out=str(out), overwrite=True, progress=True,
+                        eval_tokens=0)
+    t = time.time()
+    rep = run_recover(ro)
+    cost = time.time() - t
+    m, mt = load_model(ro.out)
+    s = score(m, mt, sets, a.seq_len)
+    return {"eval_tokens": a.eval_tokens, "ratio": ratio,
+            "stage": f"{label} ({a.steps} steps, rank {a.rank}, lr {a.lr}, data {' + '.join(a.lora_data)}, "
+                     f"ce_weight {a.ce_weight})",
+            "params_removed": 1 - num_params(m) / num_params(dense),
+            **{f"bpb {k}": s[k] for k in s}, **{f"x dense {k}": s[k] / d[k] for k in s}, "dense": d,
+            "wall_s": round(cost, 1), "train_tokens": rep["train_tokens"],
+            "final_loss": rep["loss"][-1] if rep["loss"] else None}
 
 
 if __name__ == "__main__":
