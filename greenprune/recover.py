@@ -45,7 +45,7 @@ class RecoverOptions:
     reference: Optional[str] = None  # None: the dense model named in the pruned model's report
     data: tuple[str, ...] = ("stdlib",)  # stdlib | DIR | pypkg:NAME (mined functions) | FILE.jsonl (instruction rows)
     # defaults = the measured runs (README): 512 tokens a step took 7-12 s on one contended CPU core
-    steps: int = 100
+    steps: int = 160
     lr: float = 1e-3
     rank: int = 16
     alpha: Optional[float] = None  # LoRA scale alpha / rank; None: 2 x rank
@@ -140,7 +140,8 @@ def _batch(blocks: torch.Tensor, opts: RecoverOptions, step: int) -> torch.Tenso
     return blocks[rows]
 
 
-def _loss(pruned, dense, keep, x: torch.Tensor, ce_weight: float) -> torch.Tensor:
+def _loss(pruned, dense, keep, x: torch.Tensor, ce_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, its KL term) of one batch."""
     from .kernels import kl_loss
 
     with torch.no_grad():
@@ -152,7 +153,7 @@ def _loss(pruned, dense, keep, x: torch.Tensor, ce_weight: float) -> torch.Tenso
         labels[:, :-1] = x[:, 1:]
         labels = labels.reshape(-1)
     return kl_loss(hd.reshape(-1, hd.shape[-1]), dense.lm_head.weight, hp.reshape(-1, hp.shape[-1]),
-                   pruned.lm_head.weight, keep, labels=labels, ce_weight=ce_weight)
+                   pruned.lm_head.weight, keep, labels=labels, ce_weight=ce_weight, parts=True)
 
 
 def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Tensor, opts: RecoverOptions,
@@ -176,7 +177,7 @@ def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Ten
     model = get_peft_model(pruned, cfg)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(list(trainable.values()), lr=opts.lr, weight_decay=0.0)
-    history = {"loss": [], "lr": [], "tokens_per_step": int(blocks.shape[1] * max(1, opts.batch_tokens // opts.seq_len))}
+    history = {"loss": [], "kl": [], "lr": [], "tokens_per_step": int(blocks.shape[1] * max(1, opts.batch_tokens // opts.seq_len))}
     start = 0
     if ckpt_dir is not None:
         ck = load_checkpoint(ckpt_dir)
@@ -191,7 +192,7 @@ def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Ten
                 for n, p in trainable.items():
                     p.copy_(tensors[n])
             restore_optimizer(opt, opt_tensors)
-            history["loss"], history["lr"] = state["loss"], state["lr"]
+            history["loss"], history["lr"], history["kl"] = state["loss"], state["lr"], state.get("kl", [])
             start = state["step"]
             log.info("resuming recovery at step %d from %s", start, ckpt_dir)
     model.train()
@@ -201,20 +202,22 @@ def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Ten
             lr = _lr_at(opts, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = _loss(pruned, dense, keep, _batch(blocks, opts, step), opts.ce_weight)
+            loss, kl = _loss(pruned, dense, keep, _batch(blocks, opts, step), opts.ce_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(trainable.values()), 1.0)
             opt.step()
             loss_v = float(loss.detach())
             history["loss"].append(loss_v)
+            history["kl"].append(float(kl))
             history["lr"].append(lr)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_v:.4f}")
             done = step + 1
             if ckpt_dir is not None and (done % opts.checkpoint_every == 0 or done == opts.steps):
                 save_checkpoint(ckpt_dir, done, trainable, opt,
-                                {"fingerprint": opts.fingerprint(), "loss": history["loss"], "lr": history["lr"]})
+                                {"fingerprint": opts.fingerprint(), "loss": history["loss"], "kl": history["kl"],
+                                 "lr": history["lr"]})
             if on_step is not None:
                 on_step(done, loss_v)
     finally:
@@ -252,18 +255,21 @@ def plot_loss(history: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    loss = history["loss"]
-    ax.plot(range(1, len(loss) + 1), loss, lw=0.8, alpha=0.5, label="per step")
+    loss, kl = history["loss"], history.get("kl") or []
+    with_ce = len(kl) == len(loss) and any(abs(a - b) > 1e-9 for a, b in zip(loss, kl))
+    series = [("loss (KL + CE)" if with_ce else "loss: KL(dense || pruned)", loss)] + ([("its KL(dense || pruned) term", kl)] if with_ce else [])
+    fig, axes = plt.subplots(1, len(series), figsize=(7 * len(series), 3.5), squeeze=False)
     w = max(1, min(10, len(loss) // 5))
-    if w > 1:
-        avg = [sum(loss[i - w : i]) / w for i in range(w, len(loss) + 1)]
-        ax.plot(range(w, len(loss) + 1), avg, lw=2, label=f"mean of {w} steps")
-    ax.legend()
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss: KL(dense || pruned) (+ CE), nats/token")
-    ax.set_title("greenprune recovery: LoRA self-distillation")
-    ax.grid(alpha=0.3)
+    for ax, (name, ys) in zip(axes[0], series):
+        ax.plot(range(1, len(ys) + 1), ys, lw=0.8, alpha=0.5, label="per step")
+        if w > 1:
+            avg = [sum(ys[i - w : i]) / w for i in range(w, len(ys) + 1)]
+            ax.plot(range(w, len(ys) + 1), avg, lw=2, label=f"mean of {w} steps")
+        ax.legend()
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{name}, nats/token")
+        ax.grid(alpha=0.3)
+    fig.suptitle("greenprune recovery: LoRA self-distillation")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

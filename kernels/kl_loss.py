@@ -40,6 +40,7 @@ class _KLLoss(torch.autograd.Function):
         lse_p = torch.empty(T, device=h_pruned.device)
         lse_q = torch.empty(T, device=h_pruned.device)
         total = torch.zeros((), device=h_pruned.device, dtype=torch.float64)
+        kl_total = torch.zeros((), device=h_pruned.device, dtype=torch.float64)
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
             ld, lq = _chunk_logits(h_dense, w_dense, h_pruned, w_pruned, kept_ids, s, e)
@@ -48,6 +49,7 @@ class _KLLoss(torch.autograd.Function):
             logp = ld - lse_p[s:e, None]
             logq = lq - lse_q[s:e, None]
             per_tok = (logp.exp() * (logp - logq)).sum(-1)  # [t] KL
+            kl_total += (scale[s:e] * per_tok).sum().double()
             if labels is not None and ce_weight:
                 lab = labels[s:e]
                 ok = lab >= 0
@@ -56,10 +58,12 @@ class _KLLoss(torch.autograd.Function):
             total += (scale[s:e] * per_tok).sum().double()
         ctx.save_for_backward(h_dense, w_dense, h_pruned, w_pruned, kept_ids, scale, labels, lse_p, lse_q)
         ctx.ce_weight, ctx.chunk = ce_weight, chunk
-        return total.float()
+        kl_part = kl_total.float()
+        ctx.mark_non_differentiable(kl_part)
+        return total.float(), kl_part
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _grad_kl_part):
         hd, wd, hp, wp, kept, scale, labels, lse_p, lse_q = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         T = hp.shape[0]
@@ -85,7 +89,7 @@ class _KLLoss(torch.autograd.Function):
 
 
 def _kl_loss_torch(h_dense, w_dense, h_pruned, w_pruned, kept_ids=None, weights=None, labels=None,
-                   ce_weight: float = 0.0, chunk: int = 256):
+                   ce_weight: float = 0.0, chunk: int = 256, parts: bool = False):
     T = h_pruned.shape[0]
     if h_dense.shape[0] != T:
         raise ValueError(f"h_dense has {h_dense.shape[0]} tokens, h_pruned {T}")
@@ -103,8 +107,9 @@ def _kl_loss_torch(h_dense, w_dense, h_pruned, w_pruned, kept_ids=None, weights=
     scale = w / w.sum().clamp_min(1e-12)
     if labels is not None:
         labels = labels.to(h_pruned.device, torch.long)
-    return _KLLoss.apply(h_dense.detach(), w_dense.detach(), h_pruned, w_pruned, kept_ids, scale.detach(), labels,
-                         float(ce_weight), int(chunk))
+    total, kl_part = _KLLoss.apply(h_dense.detach(), w_dense.detach(), h_pruned, w_pruned, kept_ids, scale.detach(),
+                                   labels, float(ce_weight), int(chunk))
+    return (total, kl_part) if parts else total
 
 
 register("kl_loss", torch_impl=_kl_loss_torch)
@@ -120,8 +125,10 @@ def kl_loss(
     labels: Optional[torch.Tensor] = None,
     ce_weight: float = 0.0,
     chunk: int = 256,
-) -> torch.Tensor:
+    parts: bool = False,
+):
     """Weighted mean over tokens of KL(dense restricted to kept ids || pruned) (+ ce_weight x cross-entropy of
     the pruned model on `labels`, pruned ids, -100 ignored); differentiable in h_pruned and w_pruned, never
-    materialising T x V logits (chunk tokens at a time). weights[T]: per-token weights (0 masks a token)."""
-    return call("kl_loss", h_dense, w_dense, h_pruned, w_pruned, kept_ids, weights, labels, ce_weight, chunk)
+    materialising T x V logits (chunk tokens at a time). weights[T]: per-token weights (0 masks a token).
+    parts=True returns (loss, its KL term alone) — the second without gradient, for logging."""
+    return call("kl_loss", h_dense, w_dense, h_pruned, w_pruned, kept_ids, weights, labels, ce_weight, chunk, parts)

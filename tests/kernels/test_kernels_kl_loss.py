@@ -53,6 +53,21 @@ def test_kl_loss_matches_reference(gen, T, H, Hp, V, K, chunk, pruned_vocab, use
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_kl_loss_parts_give_the_kl_term_of_a_loss_with_cross_entropy(gen):
+    T, H, V, K = 33, 16, 40, 25
+    hd, wd = torch.randn(T, H, generator=gen), torch.randn(V, H, generator=gen)
+    kept = torch.randperm(V, generator=gen)[:K]
+    hp = torch.randn(T, H, generator=gen).requires_grad_(True)
+    wp = torch.randn(K, H, generator=gen)
+    labels = torch.randint(0, K, (T,), generator=gen)
+    total, kl = kl_loss(hd, wd, hp, wp, kept, labels=labels, ce_weight=0.5, chunk=7, parts=True)
+    torch.testing.assert_close(kl, kl_loss(hd, wd, hp, wp, kept, chunk=7), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, kl_loss(hd, wd, hp, wp, kept, labels=labels, ce_weight=0.5), rtol=1e-5, atol=1e-6)
+    assert total.item() > kl.item() > 0 and not kl.requires_grad
+    total.backward()  # the loss stays differentiable when its parts are asked for
+    assert hp.grad is not None and hp.grad.abs().sum() > 0
+
+
 def test_kl_loss_is_zero_for_identical_models_and_positive_otherwise(gen):
     hd, wd = torch.randn(20, 8, generator=gen), torch.randn(30, 8, generator=gen)
     kept = torch.arange(0, 30, 2)
