@@ -177,7 +177,8 @@ def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Ten
     model = get_peft_model(pruned, cfg)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(list(trainable.values()), lr=opts.lr, weight_decay=0.0)
-    history = {"loss": [], "kl": [], "lr": [], "tokens_per_step": int(blocks.shape[1] * max(1, opts.batch_tokens // opts.seq_len))}
+    history = {"loss": [], "kl": [], "lr": [], "ce_weight": opts.ce_weight,
+               "tokens_per_step": int(blocks.shape[1] * max(1, opts.batch_tokens // opts.seq_len))}
     start = 0
     if ckpt_dir is not None:
         ck = load_checkpoint(ckpt_dir)
@@ -196,7 +197,8 @@ def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Ten
             start = state["step"]
             log.info("resuming recovery at step %d from %s", start, ckpt_dir)
     model.train()
-    bar = tqdm(total=opts.steps, initial=start, desc="recovery (KL to dense" + (f" + {opts.ce_weight:g} CE)" if opts.ce_weight else ")"), disable=not opts.progress)
+    desc = f"recovery (KL to dense + {opts.ce_weight:g} CE)" if opts.ce_weight else "recovery (KL to dense)"
+    bar = tqdm(total=opts.steps, initial=start, desc=desc, disable=not opts.progress)
     try:
         for step in range(start, opts.steps):
             lr = _lr_at(opts, step)
@@ -256,8 +258,9 @@ def plot_loss(history: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     loss, kl = history["loss"], history.get("kl") or []
-    with_ce = len(kl) == len(loss) and any(abs(a - b) > 1e-9 for a, b in zip(loss, kl))
-    series = [("loss (KL + CE)" if with_ce else "loss: KL(dense || pruned)", loss)] + ([("its KL(dense || pruned) term", kl)] if with_ce else [])
+    series = [("loss: KL(dense || pruned)", loss)]
+    if history.get("ce_weight") and len(kl) == len(loss):  # the total is mostly the data's entropy: show the KL too
+        series = [(f"loss: KL + {history['ce_weight']:g} CE", loss), ("its KL(dense || pruned) term", kl)]
     fig, axes = plt.subplots(1, len(series), figsize=(7 * len(series), 3.5), squeeze=False)
     w = max(1, min(10, len(loss) // 5))
     for ax, (name, ys) in zip(axes[0], series):
@@ -310,7 +313,7 @@ def run_recover(opts: RecoverOptions) -> dict:
         "reference": ref or "default:SmolLM2-135M-Instruct",
         "data": data_summary, "data_blocks": int(blocks.shape[0]),
         "train_tokens": history["tokens_per_step"] * opts.steps, "steps": opts.steps,
-        "loss": history["loss"], "params": num_params(merged),
+        "loss": history["loss"], "kl": history["kl"], "params": num_params(merged),
         "heldout_kl": {"before": kl_before, "after": kl_after, "tokens": opts.eval_tokens},
         "wall_s": {"train": round(train_s, 1), "total": round(time.time() - t0, 1)},
         "threads": torch.get_num_threads(),
@@ -334,7 +337,7 @@ def save_recovered(model, tokenizer, src: Optional[Path], out: Path, report: dic
             for extra in ("plan.png",):
                 if (src / extra).exists():
                     shutil.copy2(src / extra, tmp / extra)
-        summary = {k: v for k, v in report.items() if k != "loss"}
+        summary = {k: v for k, v in report.items() if k not in ("loss", "kl")}
         base.setdefault("source_model", report.get("reference"))
         write_json_atomic(tmp / REPORT_NAME, {**base, "recovery": summary})
         write_json_atomic(tmp / "recovery_report.json", report)

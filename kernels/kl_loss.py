@@ -2,8 +2,9 @@
 
 Op (one name across wrapper, test and recovery loop):
   kl_loss(h_dense[T, H], w_dense[V, H], h_pruned[T, Hp], w_pruned[K, Hp], kept_ids[K] | None,
-          weights[T] | None, labels[T] | None, ce_weight, chunk) -> scalar
+          weights[T] | None, labels[T] | None, ce_weight, chunk, parts) -> scalar
       = sum_t w_t (KL(p_t || q_t) + ce_weight * CE(q_t, labels_t)) / sum_t w_t
+  (parts=True: (that scalar, its KL term alone, without gradient), for logging what the CE term hides)
 
 p = softmax of the dense logits restricted to the kept ids (renormalised), q = softmax of the pruned logits,
 both indexed by pruned id k (dense id kept_ids[k]): a pruned vocabulary is compared over the ids it kept, as

@@ -185,6 +185,8 @@ def test_cli_recover_and_prune_with_recover(tmp_path, pruned_dir, dense_dir, cod
     assert rc == 0 and "recovered" in capsys.readouterr().out
     rep = json.loads((out / "recovery_report.json").read_text())
     assert rep["reference"] == str(dense_dir) and rep["steps"] == 3 and len(rep["loss"]) == 3
+    assert rep["options"]["ce_weight"] == 0.5  # the default loss: KL + 0.5 CE, its KL term logged apart
+    assert len(rep["kl"]) == 3 and all(0 < k < total for k, total in zip(rep["kl"], rep["loss"]))
     assert main(["recover", "--model", str(pruned_dir), "--out", str(out), "--steps", "1", "--no-progress"]) == 2  # exists
     out2 = tmp_path / "pruned-recovered"
     assert main(["prune", "--model", str(dense_dir), "--ratio", "0.3", "--align", "16", "--method", "uniform", "--vocab",
