@@ -126,16 +126,19 @@ def main():
             start = best[0] if a.lora_from == "best" and best else a.lora_from
             add(lora_row(a, scratch, scratch / f"{ratio}-{start}", ratio, f"LoRA self-distillation from '{start}'", sets, d, dense))
     if a.dense_control and a.steps:  # the same training on the unpruned model: how much of the gain is adaptation
-        add(lora_row(a, scratch, default_model_dir(), 0.0, "control: the dense model itself trained the same way", sets, d, dense))
+        dense_dir = default_model_dir()
+        add(lora_row(a, scratch, dense_dir, 0.0, "control: the dense model itself trained the same way", sets, d, dense,
+                     reference=str(dense_dir)))
 
 
-def lora_row(a, scratch: Path, start: Path, ratio: float, label: str, sets, d, dense) -> dict:
-    """LoRA recovery of the model in `start` with the script's options, scored like every other row."""
+def lora_row(a, scratch: Path, start: Path, ratio: float, label: str, sets, d, dense, reference=None) -> dict:
+    """LoRA recovery of the model in `start` toward `reference` (None: the dense model its report names) with the
+    script's options, scored like every other row."""
     from greenprune.recover import RecoverOptions, run_recover
 
     tag = "-".join(Path(x).name.replace(":", "_") for x in a.lora_data) + f"-ce{a.ce_weight}-s{a.steps}"
     out = scratch / f"{start.name}-lora-{tag}"
-    ro = RecoverOptions(model=str(start), reference=None if ratio else str(start), data=tuple(a.lora_data),
+    ro = RecoverOptions(model=str(start), reference=reference, data=tuple(a.lora_data),
                         steps=a.steps, lr=a.lr, rank=a.rank, batch_tokens=a.batch_tokens, seq_len=a.seq_len,
                         ce_weight=a.ce_weight, out=str(out), overwrite=True, progress=True,
                         eval_tokens=0)
