@@ -106,7 +106,7 @@ class Runner:
     def _next_tokens(self, **kw) -> torch.Tensor:
         """Greedy next tokens [B, 1] after a forward of input_ids: all logits then argmax (eager transformers),
         or, fused, the last hidden state through lm_head_argmax (no logits written)."""
-        if self.fused:  # imported at module level: this runs once per timed decode step
+        if self.fused:
             return greedy_step(self.model, **kw)[0]
         return self.model(**kw).logits[:, -1:].argmax(-1)
 

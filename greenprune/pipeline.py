@@ -59,7 +59,7 @@ class JobOptions:
     # already collected the Gram statistics it needs (the output-error scorer, chosen by --scorer auto where they
     # fit), so it costs seconds. Measured on the unified plans with bias compensation, dense bits/byte x held-out
     # stdlib / rich, without -> with the refit: 22% 1.065/1.113 -> 1.041/1.097, 30% 1.160/1.234 -> 1.112/1.183,
-    # 50% 2.108/1.905 -> 1.957/1.808 (README quality table)
+    # 50% 2.107/1.905 -> 1.956/1.808 (README quality table)
     reconstruct: Optional[bool] = None
     reconstruct_ridge: float = 1.0
     # fold removed channels' mean output into down_proj/o_proj biases (reconstruct.compensate_). None: on for
