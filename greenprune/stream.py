@@ -10,7 +10,7 @@ standardising scores within each layer (FLAP's adaptive structure), so widths fo
 `unified` method needs whole-model forward passes per candidate change and is not available here.
 Pass 2 (write): read each kept layer again, slice it by the plan, write it as its own output shard.
 
-Memory: one layer's weights (in the compute dtype, plus its source copy while converting) plus the carried
+Memory: one layer's weights (in the compute dtype; converted from the source in 64 MiB blocks) plus the carried
 hidden states [N, L, hidden] and one batch's activations. The result equals `prune_model` on the
 whole model exactly (tests/test_stream.py). Interrupted runs resume from OUT.stream-state (pass 1 is saved
 after every layer: scores and the carried hidden states).
@@ -156,14 +156,14 @@ class _State:
 
 
 def _layer_module(config, i: int, reader: CheckpointReader, dtype: torch.dtype):
-    """Decoder layer i with its weights read tensor by tensor (each file opened, read, closed: at most one source
-    tensor and its mapped pages exist beside the converted layer)."""
+    """Decoder layer i with its weights read tensor by tensor and converted block by block (CheckpointReader.get):
+    beside the converted layer there is at most one block of a source tensor."""
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     with torch.device("meta"):
         layer = LlamaDecoderLayer(config, i)
     prefix = f"model.layers.{i}."
-    sd = {k[len(prefix):]: reader.get(k).to(dtype) for k in reader.layer_keys(i)}
+    sd = {k[len(prefix):]: reader.get(k, dtype) for k in reader.layer_keys(i)}
     missing, unexpected = layer.load_state_dict(sd, strict=False, assign=True)
     if missing or unexpected:
         raise GreenpruneError(f"layer {i}: checkpoint tensors do not match the config: missing {missing}, unexpected {unexpected}")

@@ -101,3 +101,21 @@ def test_bad_inputs(sharded, tmp_path):
         stream_prune(str(sharded), str(tmp_path / "o"), _blocks() + 200, StreamOptions(), progress=False)
     with pytest.raises(GreenpruneError, match="no config.json"):
         stream_prune(str(tmp_path), str(tmp_path / "o"), _blocks(), StreamOptions(), progress=False)
+
+
+def test_reader_converts_block_by_block_exactly(tmp_path):
+    """get(name, dtype) fills the converted tensor from row blocks; it must equal converting the whole tensor,
+    for row counts that do not divide into blocks, 1-D tensors, and tensors already in the asked dtype."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(37, 11, generator=g).bfloat16(), "b": torch.randn(13, generator=g).half(),
+               "f": torch.randn(5, 3, generator=g)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    r = CheckpointReader(tmp_path)
+    for block in (1, 22 * 3, 22 * 5, 2**20):  # one row's bytes is 22: 1 row, 3 rows, 5 rows, everything per block
+        for name, t in tensors.items():
+            got = r.get(name, torch.float32, block_bytes=block)
+            assert got.dtype == torch.float32 and torch.equal(got, t.float()), (name, block)
+    assert r.get("w").dtype == torch.bfloat16 and torch.equal(r.get("w"), tensors["w"])
+    assert torch.equal(r.get("w", torch.float16, block_bytes=22 * 4), tensors["w"].half())
