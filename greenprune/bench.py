@@ -5,8 +5,9 @@ fills the KV cache, then greedy steps of [B, 1] are timed (tokens/s = B * steps 
 timed alternately in every repeat (medians reported), so drift of a shared machine hits both alike. CPU: eager
 float32. CUDA: bf16, CUDA-event timing; --compile uses torch.compile(mode="reduce-overhead") on a static KV cache
 (CUDA graphs). --fused serves both models through greenprune's ops (serving.py): the fused SwiGLU FFN, and the
-next token by lm_head_argmax from the last hidden state instead of full logits. Results: bench.json (device,
-versions, date, command) and bench.png.
+next token by lm_head_argmax from the last hidden state instead of full logits. Every row also carries each
+model's work per step (bytes, FLOPs: greenprune.cost) and, beside the measured speed-up, the ideal one (the FLOPs
+ratio at prefill, the bytes ratio at decode). Results: bench.json (device, versions, date, command) and bench.png.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from typing import Callable, Optional
 import torch
 
 from ._version import __version__
+from .cost import StepCost, ideal_speedup, layer_widths, step_cost
 from .errors import GreenpruneError
 from .models import load_model, num_params, write_json_atomic
+from .plan import ModelShape
 from .serving import fuse_for_serving, greedy_step
 
 
@@ -178,15 +181,20 @@ def run_bench(model: str, reference: Optional[str], opts: BenchOptions, out: Opt
            "models": {k: {"path": str(paths[k]), "params": num_params(m), "layers": m.config.num_hidden_layers,
                           "vocab": m.config.vocab_size} for k, m in models.items()},
            "prefill": [], "decode": []}
+    item = torch.tensor([], dtype=dtype).element_size()
     for length in opts.prompt_lens:
         r = _measure(runners, lambda rn: (lambda: None, rn.prefill(length)), timer, opts.repeats, length)
-        res["prefill"].append({"prompt_len": length, **_row(r)})
-        _say(progress, f"prefill L={length}", r)
+        # the eager forward returns every position's logits; the fused one only the next token
+        costs = {k: _cost(m, 1, length, 0, 1 if opts.fused else length, item) for k, m in models.items()}
+        res["prefill"].append({"prompt_len": length, **_row(r, costs, "prefill")})
+        _say(progress, f"prefill L={length}", res["prefill"][-1])
     for b in opts.batches:
         r = _measure(runners, lambda rn: rn.decode(b, opts.decode_prompt, opts.decode_tokens), timer, opts.repeats,
                      b * opts.decode_tokens)
-        res["decode"].append({"batch": b, **_row(r)})
-        _say(progress, f"decode B={b}", r)
+        mid = opts.decode_prompt + opts.decode_tokens // 2  # the timed steps' mean context
+        costs = {k: _cost(m, b, 1, mid, 1, item) for k, m in models.items()}
+        res["decode"].append({"batch": b, **_row(r, costs, "decode")})
+        _say(progress, f"decode B={b}", res["decode"][-1])
     if out:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
@@ -203,17 +211,30 @@ def _has_default_reference(model: str) -> bool:
     return rp.exists() and str(json.loads(rp.read_text()).get("source_model", "")).startswith("default:")
 
 
-def _row(r: dict) -> dict:
+def _cost(model, batch: int, new: int, context: int, head_tokens: int, item: int) -> StepCost:
+    shape = ModelShape.from_config(model.config)
+    return step_cost(shape, layer_widths(model.config), batch, new, context, head_tokens, dtype_bytes=item)
+
+
+def _row(r: dict, costs: dict, mode: str) -> dict:
+    """Tokens/s per model, the work floor of one step (bytes, FLOPs) and, with a dense reference, the measured
+    speed-up beside the ideal one (FLOPs ratio at prefill, bytes ratio at decode: greenprune.cost)."""
     row = {f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in r.items()}
     row.update({f"{k}_times_s": v["times_s"] for k, v in r.items()})
+    row.update({f"{k}_step_bytes": c.bytes for k, c in costs.items()})
+    row.update({f"{k}_step_flops": c.flops for k, c in costs.items()})
     if "dense" in r:
         row["speedup"] = r["pruned"]["tokens_per_s"] / r["dense"]["tokens_per_s"]
+        row["ideal_speedup"] = ideal_speedup(costs["dense"], costs["pruned"], mode)
+        row["frac_of_ideal_speedup"] = row["speedup"] / row["ideal_speedup"]
     return row
 
 
-def _say(progress: bool, what: str, r: dict) -> None:
+def _say(progress: bool, what: str, row: dict) -> None:
     if progress:
-        parts = [f"{k} {v['tokens_per_s']:.1f} tok/s" for k, v in r.items()]
+        parts = [f"{k} {row[f'{k}_tokens_per_s']:.1f} tok/s" for k in ("dense", "pruned") if f"{k}_tokens_per_s" in row]
+        if "speedup" in row:
+            parts.append(f"speed-up {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x)")
         print(f"{what}: " + ", ".join(parts), file=sys.stderr)
 
 
@@ -235,7 +256,8 @@ def plot_bench(res: dict, path: Path) -> None:
         for x, r in zip(xs, rows):
             if "speedup" in r:
                 top = max(r[f"{n}_tokens_per_s"] for n in names)
-                ax.text(x + wd * (len(names) - 1) / 2, top, f"{r['speedup']:.2f}x", ha="center", va="bottom", fontsize=8)
+                ax.text(x + wd * (len(names) - 1) / 2, top, f"{r['speedup']:.2f}x\n(ideal {r['ideal_speedup']:.2f}x)",
+                        ha="center", va="bottom", fontsize=7)
         ax.set_xticks([x + wd * (len(names) - 1) / 2 for x in xs], [str(r[label]) for r in rows])
         ax.set_xlabel("prompt length" if key == "prefill" else "batch")
         ax.set_ylabel("tokens / s")

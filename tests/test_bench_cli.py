@@ -40,6 +40,12 @@ def test_bench_writes_sane_json_and_plot(tiny_dir, pruned_dir, tmp_path, capsys)
         for side in ("dense", "pruned"):
             assert r[f"{side}_tokens_per_s"] > 0 and len(r[f"{side}_times_s"]) == 2
         assert math.isclose(r["speedup"], r["pruned_tokens_per_s"] / r["dense_tokens_per_s"])
+        assert r["pruned_step_bytes"] < r["dense_step_bytes"] and r["pruned_step_flops"] < r["dense_step_flops"]
+        assert math.isclose(r["frac_of_ideal_speedup"], r["speedup"] / r["ideal_speedup"])
+    # the ideal speed-up is the work ratio that binds: FLOPs at prefill, bytes at decode (greenprune.cost)
+    assert all(math.isclose(r["ideal_speedup"], r["dense_step_flops"] / r["pruned_step_flops"]) for r in res["prefill"])
+    assert all(math.isclose(r["ideal_speedup"], r["dense_step_bytes"] / r["pruned_step_bytes"]) for r in res["decode"])
+    assert res["prefill"][1]["dense_step_flops"] > 2 * res["prefill"][0]["dense_step_flops"]  # 16 vs 8 tokens, causal
     # tokens/s is tokens over the median time: prefill L tokens, decode batch x steps
     r = res["decode"][1]
     med = sorted(r["pruned_times_s"])[0:2]
