@@ -8,8 +8,12 @@
 2. A whole Llama-2-7B-shaped model (random weights), 49B/70B-ratio plan (keep 0.7).
 3. The real default model (SmolLM2-135M-Instruct): GREENPRUNE_BENCH_PRUNED=DIR benches a saved pruned model
    (e.g. `greenprune prune` output); otherwise a uniform FLAP plan at 22% made here on stdlib calibration.
-Every figure carries its floor: prefill as a fraction of the cuBLAS bf16 ceiling (FLOPs), decode as a fraction
-of the copy ceiling (weight + KV-cache bytes); `ideal_speedup` is the FLOPs or bytes ratio. GPU only.
+Every figure carries its floor (greenprune.cost): prefill as a fraction of the cuBLAS bf16 ceiling (FLOPs), decode
+as a fraction of the copy ceiling (weight + KV-cache bytes); `ideal_speedup` is the FLOPs or bytes ratio.
+Decode steps are replayed from CUDA graphs (both sides or neither; extra_info `graph` says which, with the
+reason), since a step of eager transformers can be bound by kernel launches on the CPU. `impl=fused` serves
+through greenprune's ops (greenprune.serving: the fused SwiGLU FFN; whole models also take the next token by
+lm_head_argmax, no logits), for the FFN-only slices and the whole models. GPU only.
 """
 import os
 
@@ -22,8 +26,10 @@ if not torch.cuda.is_available():
 from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
 
+from greenprune.cost import ideal_speedup, layer_widths, step_cost  # noqa: E402
 from greenprune.plan import ModelShape  # noqa: E402
 from greenprune.prune import derive_config  # noqa: E402
+from greenprune.serving import FusedSwiGLU, fuse_for_serving, greedy_step  # noqa: E402
 from greenprune.shapes import LLAMA2_7B, LLAMA2_70B, target_plan  # noqa: E402
 
 SLICE = 4
@@ -41,8 +47,9 @@ def _config(shape: ModelShape, layers: int) -> LlamaConfig:
                        tie_word_embeddings=shape.tie_word_embeddings, attn_implementation="sdpa")
 
 
-def _slice(cfg: LlamaConfig, widths: list[tuple[int, int]]):
-    """Decoder layers with per-layer (FFN width, KV heads), random bf16 weights, plus the rotary embedding."""
+def _slice(cfg: LlamaConfig, widths: list[tuple[int, int]], impl: str = "eager"):
+    """Decoder layers with per-layer (FFN width, KV heads), random bf16 weights, plus the rotary embedding;
+    impl "fused": each MLP on greenprune's fused SwiGLU op."""
     layers = []
     for i, (w, kv) in enumerate(widths):
         c = LlamaConfig(**{**cfg.to_dict(), "intermediate_size": w, "num_key_value_heads": kv,
@@ -52,19 +59,11 @@ def _slice(cfg: LlamaConfig, widths: list[tuple[int, int]]):
             layer = LlamaDecoderLayer(c, i).to(torch.bfloat16).eval()
         for p in layer.parameters():
             torch.nn.init.normal_(p, std=0.02)
+        if impl == "fused":
+            layer.mlp = FusedSwiGLU(layer.mlp)
         layers.append(layer)
     cache_cfg = LlamaConfig(**{**cfg.to_dict(), "num_hidden_layers": len(widths)})
     return layers, LlamaRotaryEmbedding(cfg).to("cuda"), cache_cfg
-
-
-def _layer_bytes_flops(shape: ModelShape, widths, T: int, ctx: int, batch: int):
-    """Weight bytes, KV bytes read at decode, and FLOPs for T new tokens per sequence (causal attention)."""
-    w_bytes = sum(shape.layer_params(w, kv) for w, kv in widths) * 2
-    kv_bytes = sum(batch * (ctx + T) * 2 * kv * shape.head_dim * 2 for _, kv in widths)
-    lin = sum(shape.layer_params(w, kv) - 2 * shape.hidden_size for w, kv in widths)
-    heads = [kv * shape.heads_per_group for _, kv in widths]
-    attn = sum(4 * batch * h * shape.head_dim * T * (ctx + (T + 1) / 2) for h in heads)
-    return w_bytes, kv_bytes, 2 * batch * T * lin + attn
 
 
 @torch.no_grad()
@@ -91,35 +90,37 @@ def _slice_fns(layers, rotary, cache_cfg, batch: int, T: int, ctx: int):
     return run
 
 
-def _record(measure, benchmark, shape, dense_w, pruned_w, mode, batch, T, ctx, **extra):
-    d_layers, rot, d_cfg = _slice(_config(shape, len(dense_w)), dense_w)
-    p_layers, _, p_cfg = _slice(_config(shape, len(pruned_w)), pruned_w)
+def _record(measure, benchmark, shape, dense_w, pruned_w, mode, batch, T, ctx, impl="eager", **extra):
+    d_layers, rot, d_cfg = _slice(_config(shape, len(dense_w)), dense_w, impl)
+    p_layers, _, p_cfg = _slice(_config(shape, len(pruned_w)), pruned_w, impl)
     dense_fn = _slice_fns(d_layers, rot, d_cfg, batch, T, ctx)
     pruned_fn = _slice_fns(p_layers, rot, p_cfg, batch, T, ctx)
-    db, dk, df = _layer_bytes_flops(shape, dense_w, T, ctx, batch)
-    pb, pk, pf = _layer_bytes_flops(shape, pruned_w, T, ctx, batch)
+    d, p = (step_cost(shape, w, batch, T, ctx) for w in (dense_w, pruned_w))
+    _measure_pair(measure, benchmark, dense_fn, pruned_fn, d, p, mode, impl=impl, **extra)
+
+
+def _measure_pair(measure, benchmark, dense_fn, pruned_fn, d, p, mode, **extra):
+    """Time pruned against dense (decode: both from CUDA graphs if both capture), with the ideal speed-up."""
+    ideal = ideal_speedup(d, p, mode)
     if mode == "prefill":
-        ideal = df / pf
-        ms = measure(pruned_fn, flops=pf, baseline=dense_fn, ideal_speedup=ideal, dense_flops=df, **extra)
+        measure(pruned_fn, flops=p.flops, baseline=dense_fn, ideal_speedup=ideal, dense_flops=d.flops, **extra)
     else:
-        ideal = (db + dk) / (pb + pk)
-        ms = measure(pruned_fn, bytes=pb + pk, baseline=dense_fn, ideal_speedup=ideal, dense_bytes=db + dk, **extra)
+        measure(pruned_fn, bytes=p.bytes, baseline=dense_fn, graph=True, ideal_speedup=ideal, dense_bytes=d.bytes, **extra)
     info = benchmark.extra_info
     info["frac_of_ideal_speedup"] = info["speedup_vs_baseline"] / ideal
-    return ms
 
 
-@pytest.mark.parametrize("variant", ["ffn", "ffn+layers", "ffn+kv"])
+@pytest.mark.parametrize("variant,impl", [("ffn", "eager"), ("ffn+layers", "eager"), ("ffn+kv", "eager"), ("ffn", "fused")])
 @pytest.mark.parametrize("ratio", list(RATIOS))
 @pytest.mark.parametrize("mode,batch,T", [("prefill", 1, t) for t in PREFILL] + [("decode", b, 1) for b in DECODE])
-def bench_llama70b_slice(benchmark, measure, ratio, variant, mode, batch, T):
+def bench_llama70b_slice(benchmark, measure, ratio, variant, impl, mode, batch, T):
     benchmark.group = f"llama-2-70b slice {mode} B={batch} T={T}"
     shape = LLAMA2_70B
     plan = target_plan(shape, RATIOS[ratio], variant)
     dense_w = [(shape.intermediate_size, shape.num_key_value_heads)] * SLICE
     pruned_w = [(lp.ffn_width, lp.kv_heads) for lp in plan.layers[:SLICE]]
     ctx = 0 if mode == "prefill" else CONTEXT
-    _record(measure, benchmark, shape, dense_w, pruned_w, mode, batch, T, ctx, ratio=ratio, variant=variant,
+    _record(measure, benchmark, shape, dense_w, pruned_w, mode, batch, T, ctx, impl, ratio=ratio, variant=variant,
             ffn_width=pruned_w[0][0], kv_heads=pruned_w[0][1], layers_kept=len(plan.layers),
             params_kept=plan.params() / shape.dense_params)
     info = benchmark.extra_info
@@ -127,54 +128,53 @@ def bench_llama70b_slice(benchmark, measure, ratio, variant, mode, batch, T):
     info["extrapolated_stack_speedup"] = info["speedup_vs_baseline"] * shape.num_hidden_layers / len(plan.layers)
 
 
-def _model(shape: ModelShape, plan=None):
+def _model(shape: ModelShape, plan=None, impl: str = "eager"):
     cfg = _config(shape, shape.num_hidden_layers)
     if plan is not None:
         cfg = derive_config(cfg, plan)
     with torch.device("cuda"):
         m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    if impl == "fused":
+        fuse_for_serving(m)
     return m
 
 
-def _model_fns(model, batch: int, T: int, ctx: int):
+def _model_fns(model, impl: str, batch: int, T: int, ctx: int):
+    """The timed step: eager, a transformers forward (logits at every position); fused, the next token only."""
     ids = torch.randint(0, model.config.vocab_size, (batch, T), device="cuda")
+
+    def step(**kw):
+        return greedy_step(model, ids, **kw)[0] if impl == "fused" else model(ids, **kw).logits
+
     if not ctx:
-        return torch.no_grad()(lambda: model(ids, use_cache=False))
+        return torch.no_grad()(lambda: step(use_cache=False))
     cache = StaticCache(config=model.config, max_cache_len=ctx + T)
     with torch.no_grad():
         model(torch.randint(0, model.config.vocab_size, (batch, ctx), device="cuda"), past_key_values=cache,
               cache_position=torch.arange(ctx, device="cuda"))
     pos = torch.arange(ctx, ctx + T, device="cuda")
-    return torch.no_grad()(lambda: model(ids, past_key_values=cache, cache_position=pos))
+    return torch.no_grad()(lambda: step(past_key_values=cache, cache_position=pos))
 
 
-def _model_bytes_flops(model, batch, T, ctx):
+def _model_cost(model, impl, batch, T, ctx):
     shape = ModelShape.from_config(model.config)
-    c = model.config
-    widths = list(zip(getattr(c, "layer_intermediate_sizes", None) or [c.intermediate_size] * c.num_hidden_layers,
-                      getattr(c, "layer_num_key_value_heads", None) or [c.num_key_value_heads] * c.num_hidden_layers))
-    wb, kb, fl = _layer_bytes_flops(shape, widths, T, ctx, batch)
-    head = shape.vocab_params(shape.vocab_size) * 2
-    return wb + kb + head, fl + 2 * batch * T * shape.hidden_size * shape.vocab_size
+    head = 1 if impl == "fused" else T
+    return step_cost(shape, layer_widths(model.config), batch, T, ctx, head_tokens=head)
 
 
-def _bench_models(measure, benchmark, dense, pruned, mode, batch, T, **extra):
+def _bench_models(measure, benchmark, dense, pruned, impl, mode, batch, T, **extra):
     ctx = 0 if mode == "prefill" else CONTEXT
-    dfn, pfn = _model_fns(dense, batch, T, ctx), _model_fns(pruned, batch, T, ctx)
-    db, df = _model_bytes_flops(dense, batch, T, ctx)
-    pb, pf = _model_bytes_flops(pruned, batch, T, ctx)
-    ideal = df / pf if mode == "prefill" else db / pb
-    kw = dict(flops=pf) if mode == "prefill" else dict(bytes=pb)
-    measure(pfn, baseline=dfn, ideal_speedup=ideal, **kw, **extra)
-    benchmark.extra_info["frac_of_ideal_speedup"] = benchmark.extra_info["speedup_vs_baseline"] / ideal
+    dfn, pfn = _model_fns(dense, impl, batch, T, ctx), _model_fns(pruned, impl, batch, T, ctx)
+    d, p = _model_cost(dense, impl, batch, T, ctx), _model_cost(pruned, impl, batch, T, ctx)
+    _measure_pair(measure, benchmark, dfn, pfn, d, p, mode, impl=impl, **extra)
 
 
-@pytest.fixture(scope="module")
-def llama7b_pair():
+@pytest.fixture(scope="module", params=["eager", "fused"])
+def llama7b_pair(request):
     plan = target_plan(LLAMA2_7B, 49 / 70, "ffn")
-    dense = _model(LLAMA2_7B)
-    pruned = _model(LLAMA2_7B, plan)
-    yield dense, pruned, plan
+    dense = _model(LLAMA2_7B, impl=request.param)
+    pruned = _model(LLAMA2_7B, plan, impl=request.param)
+    yield dense, pruned, plan, request.param
     del dense, pruned
     torch.cuda.empty_cache()
 
@@ -182,13 +182,13 @@ def llama7b_pair():
 @pytest.mark.parametrize("mode,batch,T", [("prefill", 1, t) for t in PREFILL] + [("decode", b, 1) for b in DECODE])
 def bench_llama7b_model(benchmark, measure, llama7b_pair, mode, batch, T):
     benchmark.group = f"llama-2-7b model {mode} B={batch} T={T}"
-    dense, pruned, plan = llama7b_pair
-    _bench_models(measure, benchmark, dense, pruned, mode, batch, T, ffn_width=plan.layers[0].ffn_width,
+    dense, pruned, plan, impl = llama7b_pair
+    _bench_models(measure, benchmark, dense, pruned, impl, mode, batch, T, ffn_width=plan.layers[0].ffn_width,
                   params_kept=plan.params() / plan.shape.dense_params)
 
 
-@pytest.fixture(scope="module")
-def default_pair():
+@pytest.fixture(scope="module", params=["eager", "fused"])
+def default_pair(request):
     from greenprune import data as data_mod
     from greenprune.importance import score_model
     from greenprune.models import load_model
@@ -209,11 +209,15 @@ def default_pair():
         plan = make_plan(shape, scores, PlanOptions(ratio=0.22, method="uniform"), None)
         pruned = prune_model(dense, plan)
         source = "uniform flap 22% (made by the bench)"
-    yield dense.to("cuda"), pruned.to("cuda"), source
+    dense, pruned = dense.to("cuda"), pruned.to("cuda")
+    if request.param == "fused":
+        fuse_for_serving(dense)
+        fuse_for_serving(pruned)
+    yield dense, pruned, source, request.param
 
 
 @pytest.mark.parametrize("mode,batch,T", [("prefill", 1, t) for t in PREFILL] + [("decode", b, 1) for b in DECODE])
 def bench_default_model(benchmark, measure, default_pair, mode, batch, T):
     benchmark.group = f"smollm2-135m {mode} B={batch} T={T}"
-    dense, pruned, source = default_pair
-    _bench_models(measure, benchmark, dense, pruned, mode, batch, T, pruned_model=source)
+    dense, pruned, source, impl = default_pair
+    _bench_models(measure, benchmark, dense, pruned, impl, mode, batch, T, pruned_model=source)
