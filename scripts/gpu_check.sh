@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build the CUDA extension from this checkout, run the kernel tests (GPU tests
-# included) and the kernel benchmarks, and write everything as JSON/XML/logs into $OUT (default out/gpu-check).
+# included) and the benchmarks, and write everything as JSON/XML/logs into $OUT (default out/gpu-check).
 #
-#   scripts/gpu_check.sh [all|build|test|bench]     (default: all; steps run in order, each logs to $OUT)
+#   scripts/gpu_check.sh [STEP ...]     STEP: build | test | bench-kernels | bench-e2e | all (default: all)
+#
+# Steps run in the order given, each logging to $OUT; `all` is build test bench-kernels bench-e2e. The build is
+# skipped when greenprune/_C*.so is newer than every file in csrc/ (consecutive calls on one machine).
+# Results: bench_kernels.json (channel stats, KL, SwiGLU, vocabulary: Triton vs CUDA extension vs eager vs
+# torch.compile, with the copy / GEMM ceilings measured in the same run) and bench_e2e.json (dense vs pruned
+# end to end). Copy them to benches/results/ under the GPU's name and the date. At most 8 files land in $OUT
+# (environment.json, gpu_check.log, build.log and a log per test/bench step), what the device tool brings back.
 #
 # Needs a CUDA build of torch with pytest (+ pytest-benchmark for the benches), ninja and nvcc (PATH,
 # CUDA_HOME, or /usr/local/cuda); installs nothing from the network. The extension is compiled only for the
@@ -11,7 +18,6 @@
 # `setup.py build_ext --inplace` and the checkout is put on sys.path through a package overlay instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STEP="${1:-all}"
 OUT="${OUT:-out/gpu-check}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python}"
@@ -44,7 +50,7 @@ PYEOF
 info "environment: $(tr -d '\n' < "$OUT/environment.json")"
 
 overlay_pythonpath() {  # greenprune + greenprune.kernels importable from the checkout without pip
-  local site="$OUT/site"
+  local site="${TMPDIR:-/tmp}/greenprune-site"  # symlinks: kept out of $OUT, whose files travel back
   rm -rf "$site" && mkdir -p "$site/greenprune"
   for f in greenprune/*; do ln -s "$PWD/$f" "$site/greenprune/"; done
   ln -s "$PWD/kernels" "$site/greenprune/kernels"
@@ -69,37 +75,57 @@ build() {
     info "built in place in $((SECONDS - t0)) s"
   fi
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
-  "$PY" $PYFLAGS -c 'import json, greenprune._C as C, torch; print(json.dumps({"extension": C.__file__, "cuda_runtime_version": C.cuda_runtime_version, "torch_headers": C.torch_version, "torch": torch.__version__}))' \
-    > "$OUT/extension.json" || { info "the extension does not import"; return 1; }
-  info "extension: $(cat "$OUT/extension.json")"
+  local ext
+  ext=$("$PY" $PYFLAGS -c 'import json, greenprune._C as C, torch; print(json.dumps({"extension": C.__file__, "cuda_runtime_version": C.cuda_runtime_version, "torch_headers": C.torch_version, "torch": torch.__version__}))') \
+    || { info "the extension does not import"; return 1; }
+  info "extension: $ext"
 }
 
 tests() {
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
   info "tests/kernels (GPU session: compiled Triton kernels and the CUDA extension)"
-  "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider --junitxml="$OUT/tests_kernels.xml" \
-    > "$OUT/tests_kernels.log" 2>&1
+  PYTHONUNBUFFERED=1 "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider > "$OUT/tests_kernels.log" 2>&1
   local rc=$?
   info "tests/kernels exit status $rc: $(tail -1 "$OUT/tests_kernels.log")"
   return $rc
 }
 
-bench() {
+bench_suite() {  # NAME FILE...: one pytest-benchmark run into $OUT/NAME.json
+  local name=$1; shift
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
-  info "benches (vocab, channel stats: triton vs cuda_ext vs eager)"
-  "$PY" $PYFLAGS -m pytest -q benches/bench_vocab.py benches/bench_channel_stats.py -p no:cacheprovider \
-    --benchmark-json="$OUT/bench_cuda_ext.json" > "$OUT/bench.log" 2>&1
+  info "$name: $*"
+  local t0=$SECONDS
+  PYTHONUNBUFFERED=1 "$PY" $PYFLAGS -m pytest -q -rs "$@" -p no:cacheprovider --benchmark-json="$OUT/$name.json" \
+    > "$OUT/$name.log" 2>&1
   local rc=$?
-  info "benches exit status $rc: $(tail -1 "$OUT/bench.log")"
+  info "$name exit status $rc in $((SECONDS - t0)) s: $(tail -1 "$OUT/$name.log")"
   return $rc
 }
 
+built_and_current() {
+  local so
+  so=$(ls greenprune/_C*.so 2>/dev/null | head -1)
+  [ -n "$so" ] && [ -z "$(find csrc setup.py -newer "$so" -type f 2>/dev/null | head -1)" ]
+}
+
+run_step() {
+  case "$1" in
+    build) if built_and_current; then info "extension up to date: build skipped"; else build; fi ;;
+    test) tests ;;
+    bench-kernels) bench_suite bench_kernels benches/bench_channel_stats.py benches/bench_kl.py benches/bench_swiglu.py benches/bench_vocab.py ;;
+    bench-e2e) bench_suite bench_e2e benches/bench_e2e.py ;;
+    *) echo "usage: $0 [build|test|bench-kernels|bench-e2e|all ...]" >&2; exit 2 ;;
+  esac
+}
+
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(all)
+[ "${STEPS[*]}" = all ] && STEPS=(build test bench-kernels bench-e2e)
 rc=0
-case "$STEP" in
-  build) build || rc=1 ;;
-  test) tests || rc=1 ;;
-  bench) bench || rc=1 ;;
-  all) build || exit 1; tests || rc=1; bench || rc=1 ;;
-  *) echo "usage: $0 [all|build|test|bench]" >&2; exit 2 ;;
-esac
+for step in "${STEPS[@]}"; do
+  if ! run_step "$step"; then
+    rc=1
+    [ "$step" = build ] && { info "build failed: later steps not run"; exit 1; }
+  fi
+done
 exit $rc
