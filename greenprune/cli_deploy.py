@@ -98,7 +98,7 @@ def run(a) -> int:
     res = run_bench(a.model, a.reference, opts, a.out, progress=not a.no_progress, command=a.command_line)
     for r in res["prefill"] + res["decode"]:
         what = f"prefill L={r['prompt_len']}" if "prompt_len" in r else f"decode B={r['batch']}"
-        sp = f"  speedup {r['speedup']:.2f}x" if "speedup" in r else ""
+        sp = f"  speedup {r['speedup']:.2f}x (ideal {r['ideal_speedup']:.2f}x)" if "speedup" in r else ""
         print(f"{what:>16}: pruned {r['pruned_tokens_per_s']:.1f} tok/s" +
               (f", dense {r['dense_tokens_per_s']:.1f} tok/s" if "dense_tokens_per_s" in r else "") + sp)
     print(f"wrote {Path(a.out) / 'bench.json'} and bench.png ({res['info']['device']})")
