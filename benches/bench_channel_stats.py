@@ -1,7 +1,9 @@
-"""channel_moments and wanda_scores: one read of the input, bandwidth-bound. Floor: bytes / copy bandwidth.
+"""channel_moments, wanda_scores, taylor_scores: one read of the inputs, bandwidth-bound. Floor: bytes / copy bandwidth.
 
 channel_moments(x[N, C] bf16): N C 2 bytes read (+ 12 C written); target >= 85% of the copy ceiling (GB/s).
 wanda_scores(W[O, C] bf16): O C 2 bytes read; same target.
+taylor_scores(W, dL/dW [O, C] bf16, dim): 2 O C 2 bytes read (dim 0: per column, a down_proj; dim 1: per row,
+a gate/up projection); same target.
 """
 import pytest
 import torch
@@ -48,3 +50,18 @@ def bench_wanda_scores(benchmark, measure, compiled, impl, O, C):
            "compile": lambda c=compiled(ref.wanda_scores): c(w, l2, 1)}
     eager = fns["eager"] if impl == "triton" else None
     measure(fns[impl], bytes=O * C * 2 + 8 * C, baseline=eager, impl=impl, target_frac_of_copy_bw=0.85)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("O,C,dim", [(11008, 4096, 1), (4096, 11008, 0), (28672, 8192, 1), (8192, 28672, 0)],
+                         ids=lambda v: str(v))
+def bench_taylor_scores(benchmark, measure, compiled, impl, O, C, dim):
+    benchmark.group = f"taylor_scores O={O} C={C} dim={dim}"
+    w = torch.randn(O, C, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(O, C, device="cuda", dtype=torch.bfloat16) * 1e-3
+    fns = {"triton": lambda: torch.ops.greenprune.taylor_scores(w, g, dim, 1, False),
+           "eager": lambda: ref.taylor_scores(w, g, dim),
+           "compile": lambda c=compiled(ref.taylor_scores): c(w, g, dim)}
+    eager = fns["eager"] if impl == "triton" else None
+    measure(fns[impl], bytes=2 * O * C * 2 + 4 * (C if dim == 0 else O), baseline=eager, impl=impl,
+            target_frac_of_copy_bw=0.85)

@@ -63,6 +63,13 @@ def main(dtypes=("bf16",)) -> list[dict]:
                                        {"HAS_SHIFT": True, **c.kwargs}, c.num_warps, c.num_stages))
             rows.append(compile_report(cs._wanda_scores_kernel, {"w_ptr": p, "l2_ptr": "*fp32", "part_ptr": "*fp32"},
                                        c.kwargs, c.num_warps, c.num_stages))
+            for signed in (False, True):
+                rows.append(compile_report(cs._taylor_cols_kernel, {"w_ptr": p, "g_ptr": p, "part_ptr": "*fp32"},
+                                           {"SIGNED": signed, **c.kwargs}, c.num_warps, c.num_stages))
+        for c in cs._row_configs():
+            for signed in (False, True):
+                rows.append(compile_report(cs._taylor_rows_kernel, {"w_ptr": p, "g_ptr": p, "out_ptr": "*fp32"},
+                                           {"SIGNED": signed, **c.kwargs}, c.num_warps, c.num_stages))
         kl_types = {**{n: p for n in ("hd_ptr", "wd_ptr", "hp_ptr", "wp_ptr")}, "kept_ptr": "*i32",
                     "drop_ptr": "*i32", "stat_ptr": "*fp32", "arg_ptr": "*i32"}
         for c in kl._kl_configs():

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import GreenpruneError
-from .kernels import ChannelStats, wanda_scores
+from .kernels import ChannelStats, group_sum, taylor_scores, wanda_scores
 from .plan import ModelShape
 
 
@@ -37,7 +37,7 @@ class LayerStats:
 
 def _group_sum(per_channel: torch.Tensor, shape: ModelShape) -> torch.Tensor:
     """Sum o_proj-input channel scores per KV group: [heads * head_dim] -> [num_key_value_heads]."""
-    return per_channel.view(shape.num_key_value_heads, -1).sum(-1)
+    return group_sum(per_channel, _group_size(shape))
 
 
 def _group_size(shape: ModelShape) -> int:
@@ -267,10 +267,11 @@ def collect_gradient_stats(model, blocks: torch.Tensor, stats: list[LayerStats],
         st.ffn_grad = torch.zeros(st.ffn.n_channels)
         st.attn_grad = torch.zeros(st.attn.n_channels)
 
-    def per_channel(layer, fn):
+    def per_channel(layer, signed: bool):
+        """Sums of |w * g| (signed: of w * g) per FFN channel (gate/up rows + down columns) and per o_proj column."""
         m, o = layer.mlp, layer.self_attn.o_proj
-        f = fn(m.gate_proj.weight, 1) + fn(m.up_proj.weight, 1) + fn(m.down_proj.weight, 0)
-        return f, fn(o.weight, 0)
+        t = lambda w, d: taylor_scores(w, w.grad, d, signed=signed).cpu()  # noqa: E731
+        return t(m.gate_proj.weight, 1) + t(m.up_proj.weight, 1) + t(m.down_proj.weight, 0), t(o.weight, 0)
 
     try:
         batch = 1 if mode == "fisher" else 4
@@ -287,7 +288,7 @@ def collect_gradient_stats(model, blocks: torch.Tensor, stats: list[LayerStats],
             if mode == "fisher":
                 with torch.no_grad():
                     for st, layer in zip(stats, model.model.layers):
-                        f, a = per_channel(layer, lambda w, d: (w.float() * w.grad.float()).sum(d))
+                        f, a = per_channel(layer, signed=True)
                         st.ffn_grad += f.pow(2)
                         st.attn_grad += a.pow(2)
                 for w in targets:
@@ -295,7 +296,7 @@ def collect_gradient_stats(model, blocks: torch.Tensor, stats: list[LayerStats],
         if mode == "taylor":
             with torch.no_grad():
                 for st, layer in zip(stats, model.model.layers):
-                    st.ffn_grad, st.attn_grad = per_channel(layer, lambda w, d: (w.float() * w.grad.float()).abs().sum(d))
+                    st.ffn_grad, st.attn_grad = per_channel(layer, signed=False)
     finally:
         for w in targets:
             w.grad = None

@@ -12,7 +12,7 @@ if __name__.partition(".")[0] != "greenprune":
     # give this package a __version__: transformers would then take it for the Hugging Face package.
     __all__: list = []
 else:
-    from .channel_stats import ChannelStats, channel_moments, group_sum, wanda_scores
+    from .channel_stats import ChannelStats, channel_moments, group_sum, taylor_scores, wanda_scores
     from .dispatch import BackendUnavailable, backend_for
     from .kl import kl_divergence
     from .kl_loss import kl_loss
@@ -45,6 +45,7 @@ else:
         "remap_ids",
         "remapped_embedding",
         "swiglu_ffn",
+        "taylor_scores",
         "to_original_ids",
         "wanda_scores",
     ]

@@ -3,10 +3,14 @@
 Ops (one name each across kernel, custom op, test and bench):
   channel_moments(x[..., C], shift[C]=None) -> (sum[C], sumsq[C], absmax[C])   fp32, one read of x
   wanda_scores(weight[O, C], act_l2[C], group_size=1) -> [C // group_size]     sum_o |W[o, c]| * ||x_c||
+  taylor_scores(weight[O, C], grad[O, C], dim, group_size=1, signed=False)     sum over dim of |W * dL/dW|
+      -> [C // group_size] (dim 0: per column) or [O // group_size] (dim 1: per row), fp32
 
-Both reduce over the leading (row) axis of a row-major matrix: programs own BLOCK_C contiguous channels
-(coalesced loads along C) and a contiguous slice of rows, keep [BLOCK_N, BLOCK_C] fp32 accumulators in
-registers and write one partial row each; torch sums the [SPLIT, C] partials (deterministic, no atomics).
+Column reductions (all but taylor_scores with dim 1) reduce over the leading (row) axis of a row-major matrix:
+programs own BLOCK_C contiguous channels (coalesced loads along C) and a contiguous slice of rows, keep
+[BLOCK_N, BLOCK_C] fp32 accumulators in registers and write one partial row each; torch sums the [SPLIT, C]
+partials (deterministic, no atomics). The row reduction (taylor_scores, dim 1: gate/up projections, whose
+output channels are rows) gives each program BLOCK_R whole rows, read along them in BLOCK_K steps.
 ChannelStats merges chunks exactly (Chan et al.'s parallel formula) and is what activation hooks use.
 """
 from __future__ import annotations
@@ -75,6 +79,55 @@ def _wanda_scores_kernel(
         acc += tl.abs(w.to(tl.float32))
     l2 = tl.load(l2_ptr + cols, mask=cmask, other=0.0)
     tl.store(part_ptr + pid_s * C + cols, tl.sum(acc, axis=0) * l2, mask=cmask)
+
+
+@lazy_jit
+def _taylor_cols_kernel(
+    w_ptr, g_ptr, part_ptr,  # w[O, C], g[O, C] (unit stride along C), part[SPLIT, C] fp32
+    O, C, stride_wo, stride_go, rows_per_split,
+    SIGNED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_c, pid_s = tl.program_id(0), tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    row0 = pid_s * rows_per_split
+    row_end = tl.minimum(row0 + rows_per_split, O)
+    for r in range(0, rows_per_split, BLOCK_N):
+        rows = (row0 + r + tl.arange(0, BLOCK_N)).to(tl.int64)
+        m = (rows < row_end)[:, None] & cmask[None, :]
+        w = tl.load(w_ptr + rows[:, None] * stride_wo + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + rows[:, None] * stride_go + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += w * g if SIGNED else tl.abs(w * g)
+    tl.store(part_ptr + pid_s * C + cols, tl.sum(acc, axis=0), mask=cmask)
+
+
+@lazy_jit
+def _taylor_rows_kernel(
+    w_ptr, g_ptr, out_ptr,  # w[O, C], g[O, C] (unit stride along C), out[O] fp32
+    O, C, stride_wo, stride_go,
+    SIGNED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rmask = rows < O
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
+    for k in range(0, C, BLOCK_K):
+        cols = k + tl.arange(0, BLOCK_K)
+        m = rmask[:, None] & (cols < C)[None, :]
+        w = tl.load(w_ptr + rows[:, None] * stride_wo + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + rows[:, None] * stride_go + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += w * g if SIGNED else tl.abs(w * g)
+    tl.store(out_ptr + rows, tl.sum(acc, axis=1), mask=rmask)
+
+
+def _row_configs():  # whole rows per program, long coalesced reads along them
+    return [
+        triton.Config({"BLOCK_R": br, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for br, bk, w, s in [(4, 512, 4, 3), (8, 256, 4, 3), (8, 512, 8, 3), (16, 256, 8, 3), (2, 1024, 4, 4)]
+    ]
+
+
+_ROW_INTERP_META = dict(BLOCK_R=4, BLOCK_K=32)
 
 
 def _reduce_configs():  # bandwidth-bound column reductions on Hopper: wide coalesced rows, several in flight
@@ -165,10 +218,50 @@ def _(weight, act_l2, group_size):
     return weight.new_empty(weight.shape[1] // group_size, dtype=torch.float32)
 
 
+def _launch_taylor_scores(weight: torch.Tensor, grad: torch.Tensor, dim: int, group_size: int, signed: bool) -> torch.Tensor:
+    if dim not in (0, 1):
+        raise ValueError(f"dim must be 0 (per column) or 1 (per row), got {dim}")
+    if weight.shape != grad.shape or weight.dim() != 2:
+        raise ValueError(f"weight {tuple(weight.shape)} and grad {tuple(grad.shape)} must be the same 2-D shape")
+    O, C = weight.shape
+    n_out = C if dim == 0 else O
+    if group_size < 1 or n_out % group_size:
+        raise ValueError(f"group_size {group_size} does not divide {n_out} channels")
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    g = grad if grad.stride(-1) == 1 else grad.contiguous()
+    if O == 0 or C == 0:
+        return ref.taylor_scores(w, g, dim, group_size, signed)
+    if dim == 0:
+        split, rows_per_split = _row_split(w, O, C)
+        part = torch.empty(split, C, device=w.device, dtype=torch.float32)
+        _launch(_taylor_cols_kernel, w, C, split, (w, g, part, O, C, w.stride(0), g.stride(0), rows_per_split),
+                SIGNED=signed)
+        return ref.group_sum(part.sum(0), group_size)
+    out = torch.empty(O, device=w.device, dtype=torch.float32)
+    args = (w, g, out, O, C, w.stride(0), g.stride(0))
+    if use_autotune(w, g):
+        _taylor_rows_kernel.tuned(_row_configs, key=["C"])[lambda m: (cdiv(O, m["BLOCK_R"]),)](*args, SIGNED=signed)
+    else:
+        _taylor_rows_kernel[(cdiv(O, _ROW_INTERP_META["BLOCK_R"]),)](*args, SIGNED=signed, **_ROW_INTERP_META)
+    return ref.group_sum(out, group_size)
+
+
+@torch.library.custom_op("greenprune::taylor_scores", mutates_args=())
+def _taylor_scores_op(weight: torch.Tensor, grad: torch.Tensor, dim: int, group_size: int, signed: bool) -> torch.Tensor:
+    return _launch_taylor_scores(weight, grad, dim, group_size, signed)
+
+
+@_taylor_scores_op.register_fake
+def _(weight, grad, dim, group_size, signed):
+    return weight.new_empty(weight.shape[1 - dim] // group_size, dtype=torch.float32)
+
+
 register("channel_moments", torch_impl=ref.channel_moments,
          triton_impl=lambda x, shift=None: torch.ops.greenprune.channel_moments(x, shift))
 register("wanda_scores", torch_impl=ref.wanda_scores,
          triton_impl=lambda w, l2, group_size=1: torch.ops.greenprune.wanda_scores(w, l2, group_size))
+register("taylor_scores", torch_impl=ref.taylor_scores,
+         triton_impl=lambda w, g, dim, group_size=1, signed=False: torch.ops.greenprune.taylor_scores(w, g, dim, group_size, signed))
 
 # ----------------------------------------------------------------------------------------------------------
 # Public (dispatched) API
@@ -186,6 +279,14 @@ def wanda_scores(weight: torch.Tensor, act_l2: torch.Tensor, group_size: int = 1
     """Wanda-sp scores of weight[O, C]'s input channels: sum_o |W[o, c]| * act_l2[c], per group of
     `group_size` contiguous channels (1: per channel; head_dim * heads_per_group: per KV group)."""
     return call("wanda_scores", weight, act_l2, group_size)
+
+
+def taylor_scores(weight: torch.Tensor, grad: torch.Tensor, dim: int, group_size: int = 1,
+                  signed: bool = False) -> torch.Tensor:
+    """First-order Taylor scores of weight[O, C]'s channels: sum over `dim` of |W * dL/dW| (signed=True: of
+    W * dL/dW), per group of `group_size` contiguous channels; dim 0 scores columns (input channels, e.g. a
+    down_proj's), dim 1 rows (output channels, e.g. a gate_proj's). fp32, one read of each matrix."""
+    return call("taylor_scores", weight, grad, dim, group_size, signed)
 
 
 group_sum = ref.group_sum

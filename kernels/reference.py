@@ -35,6 +35,19 @@ def wanda_scores(weight: torch.Tensor, act_l2: torch.Tensor, group_size: int = 1
     return group_sum(weight.float().abs().sum(0) * act_l2.float(), group_size)
 
 
+def taylor_scores(weight: torch.Tensor, grad: torch.Tensor, dim: int, group_size: int = 1,
+                  signed: bool = False) -> torch.Tensor:
+    """First-order Taylor importance of a weight's channels: sum of |W * dL/dW| (signed: of W * dL/dW, which a
+    Fisher estimate squares per sample) over `dim` (0: per input channel / column, 1: per output channel / row),
+    summed over groups of `group_size` contiguous channels. Returns fp32 [channels // group_size]."""
+    if dim not in (0, 1):
+        raise ValueError(f"dim must be 0 (per column) or 1 (per row), got {dim}")
+    if weight.shape != grad.shape or weight.dim() != 2:
+        raise ValueError(f"weight {tuple(weight.shape)} and grad {tuple(grad.shape)} must be the same 2-D shape")
+    p = weight.float() * grad.float()
+    return group_sum((p if signed else p.abs()).sum(dim), group_size)
+
+
 def group_sum(per_channel: torch.Tensor, group_size: int) -> torch.Tensor:
     """[C] -> [C // group_size]: sums of contiguous groups of channels (group_size must divide C)."""
     if group_size < 1 or per_channel.shape[-1] % group_size:

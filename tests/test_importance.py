@@ -89,3 +89,31 @@ def test_auto_scorer_uses_output_error_where_the_grams_fit_and_flap_otherwise(mo
     assert score_model(m, blocks, "auto", progress=False).scorer == "output-error"
     with pytest.raises(GreenpruneError, match="auto"):
         get_scorer("nope")
+
+
+def test_taylor_scores_are_weight_times_gradient_sums(model_and_blocks):
+    """The taylor scorer (through greenprune.kernels.taylor_scores) equals |w * dL/dw| summed by hand over each FFN
+    channel's gate/up rows and down column, and per KV group over o_proj's columns, with dL/dw of the LM loss
+    summed over the scorer's batches of 4 blocks."""
+    import copy
+
+    m, _ = model_and_blocks
+    blocks = torch.randint(0, 97, (6, 20), generator=torch.Generator().manual_seed(1))  # two batches: 4 + 2
+    got = score_model(copy.deepcopy(m), blocks, "taylor", progress=False)
+    ref = copy.deepcopy(m)
+    for p in ref.parameters():
+        p.requires_grad_(True)
+    loss = 0
+    for s in (0, 4):
+        x = blocks[s : s + 4]
+        logits = ref(x, use_cache=False).logits.float()
+        loss = loss + torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), x[:, 1:].reshape(-1))
+    loss.backward()
+    shape = ModelShape.from_config(m.config)
+    for i, layer in enumerate(ref.model.layers):
+        t = lambda w: (w * w.grad).abs()  # noqa: E731
+        ffn = t(layer.mlp.gate_proj.weight).sum(1) + t(layer.mlp.up_proj.weight).sum(1) + t(layer.mlp.down_proj.weight).sum(0)
+        kv = t(layer.self_attn.o_proj.weight).sum(0).view(shape.num_key_value_heads, -1).sum(1)
+        torch.testing.assert_close(got.ffn[i], ffn.detach(), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(got.kv[i], kv.detach(), rtol=1e-4, atol=1e-7)
+        assert got.ffn[i].shape == (24,) and got.kv[i].shape == (2,)

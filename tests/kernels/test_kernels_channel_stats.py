@@ -1,4 +1,4 @@
-"""channel_moments, wanda_scores and ChannelStats (kernels/channel_stats.py) against the torch reference.
+"""channel_moments, wanda_scores, taylor_scores and ChannelStats (kernels/channel_stats.py) against the torch reference.
 
 Tolerances: under the interpreter both sides sum the same fp32 values (fp16 inputs are upcast exactly) in a
 different order, so sums differ by a few fp32 ulps of the running total: rtol 1e-5 with atol 1e-5 x (N x
@@ -8,7 +8,7 @@ the kernel upcasts loads to fp32 before accumulating.
 import pytest
 import torch
 
-from greenprune.kernels import ChannelStats, channel_moments, group_sum, reference as ref, wanda_scores
+from greenprune.kernels import ChannelStats, channel_moments, group_sum, reference as ref, taylor_scores, wanda_scores
 
 pytestmark = pytest.mark.interpreter
 CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -49,6 +49,37 @@ def test_wanda_scores_matches_reference(group_size, dtype, gen):
     torch.testing.assert_close(got, ref.wanda_scores(w, l2, group_size), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError):
         wanda_scores(w, l2, 5)
+
+
+def _check_taylor(w, g, dim, group_size, signed):
+    got = taylor_scores(w, g, dim, group_size, signed)
+    want = ref.taylor_scores(w, g, dim, group_size, signed)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (w.shape[1 - dim] // group_size,)
+    # fp32 sums of the same products in another order: a few ulps of the sum of magnitudes
+    scale = float((w.float() * g.float()).abs().sum(dim).max())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("dim,group_size", [(0, 1), (0, 16), (1, 1), (1, 37)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_taylor_scores_matches_reference(dim, group_size, signed, dtype, gen):
+    w = torch.randn(37, 48, generator=gen).to(dtype)  # rows 37 and columns 48 span several masked tiles
+    g = (torch.randn(37, 48, generator=gen) * 1e-2).to(dtype)
+    _check_taylor(w, g, dim, group_size, signed)
+
+
+def test_taylor_scores_layouts_and_bad_arguments(gen):
+    w, g = torch.randn(48, 37, generator=gen).T, torch.randn(37, 48, generator=gen)  # w: stride 37 along columns
+    _check_taylor(w, g, 0, 1, False)
+    _check_taylor(w, g, 1, 1, False)
+    assert taylor_scores(w[:0], g[:0], 0).tolist() == [0.0] * 48  # no rows: every column scores 0
+    with pytest.raises(ValueError, match="does not divide"):
+        taylor_scores(w, g, 0, 5)
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        taylor_scores(w, g[:, :47], 0)
+    with pytest.raises(ValueError, match="dim must be"):
+        taylor_scores(w, g, 2)
 
 
 def test_group_sum_is_contiguous_groups():
@@ -106,6 +137,9 @@ def test_opcheck_channel_ops(gen):
     torch.library.opcheck(torch.ops.greenprune.channel_moments.default, (x, None))
     torch.library.opcheck(torch.ops.greenprune.channel_moments.default, (x, torch.randn(40, generator=gen)))
     torch.library.opcheck(torch.ops.greenprune.wanda_scores.default, (x, torch.rand(40, generator=gen), 8))
+    g = torch.randn(9, 40, generator=gen)
+    torch.library.opcheck(torch.ops.greenprune.taylor_scores.default, (x, g, 0, 8, False))
+    torch.library.opcheck(torch.ops.greenprune.taylor_scores.default, (x, g, 1, 3, True))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -117,6 +151,10 @@ def test_channel_ops_cuda(shape, dtype, mark, gen):
     _check_moments(x, torch.randn(shape[-1], generator=gen).cuda())
     w, l2 = x.reshape(-1, shape[-1]), torch.rand(shape[-1], generator=gen).cuda()
     torch.testing.assert_close(wanda_scores(w, l2), ref.wanda_scores(w, l2), rtol=1e-4, atol=1e-3)
+    g = (torch.randn(w.shape, generator=gen) * 1e-2).to(dtype).cuda()
+    for dim in (0, 1):
+        for signed in (False, True):
+            _check_taylor(w, g, dim, 1, signed)
     st = ChannelStats()
     for c in x.reshape(-1, shape[-1]).split(3):
         st.update(c)

@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import greenprune.kernels as K
 from greenprune.kernels import dispatch, reference as ref
 
-OPS = ["channel_moments", "wanda_scores", "kl_divergence", "swiglu_ffn", "remapped_embedding",
+OPS = ["channel_moments", "wanda_scores", "taylor_scores", "kl_divergence", "swiglu_ffn", "remapped_embedding",
        "lm_head_argmax", "lm_head_topk"]
 
 
@@ -105,6 +105,9 @@ def test_fake_impls_give_the_right_shapes():
         s, q, a = ops.channel_moments(x, None)
         assert s.shape == q.shape == a.shape == (48,) and s.dtype == torch.float32
         assert ops.wanda_scores(torch.empty(37, 48), torch.empty(48), 16).shape == (3,)
+        w = torch.empty(37, 48, dtype=torch.bfloat16)
+        assert ops.taylor_scores(w, w, 0, 16, False).shape == (3,) and ops.taylor_scores(w, w, 1, 1, True).shape == (37,)
+        assert ops.taylor_scores(w, w, 0, 1, False).dtype == torch.float32
         kl = ops.kl_divergence(torch.empty(7, 48), torch.empty(131, 48), torch.empty(7, 48),
                                torch.empty(53, 48), torch.empty(53, dtype=torch.long))
         assert [t.shape for t in kl] == [(7,)] * 4
@@ -149,6 +152,7 @@ def test_autotuned_launch_path(monkeypatch, gen):
         monkeypatch.setattr(mod, "use_autotune", lambda *t: True)
     one = lambda **kw: (lambda: [triton.Config(kw, num_warps=4, num_stages=2)])  # noqa: E731
     monkeypatch.setattr(channel_stats, "_reduce_configs", one(BLOCK_N=16, BLOCK_C=32))
+    monkeypatch.setattr(channel_stats, "_row_configs", one(BLOCK_R=4, BLOCK_K=32))
     monkeypatch.setattr(kl, "_kl_configs", one(BLOCK_T=16, BLOCK_V=32, BLOCK_H=32))
     monkeypatch.setattr(swiglu, "_swiglu_configs", one(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2))
     monkeypatch.setattr(vocab, "_head_configs", one(BLOCK_T=16, BLOCK_V=32, BLOCK_H=32))
@@ -158,6 +162,9 @@ def test_autotuned_launch_path(monkeypatch, gen):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     l2 = torch.rand(48, generator=gen)
     torch.testing.assert_close(K.wanda_scores(x, l2, 16), ref.wanda_scores(x, l2, 16), rtol=1e-5, atol=1e-4)
+    g = torch.randn(70, 48, generator=gen)
+    for dim, gs in ((0, 16), (1, 7)):
+        torch.testing.assert_close(K.taylor_scores(x, g, dim, gs), ref.taylor_scores(x, g, dim, gs), rtol=1e-5, atol=1e-4)
     h, w = torch.randn(7, 48, generator=gen), torch.randn(300, 48, generator=gen)
     kept = torch.randperm(300, generator=gen)[:170]
     got, want = K.kl_divergence(h, w, h, w[kept] + 0.1, kept), ref.kl_divergence(h, w, h, w[kept] + 0.1, kept)
