@@ -61,11 +61,11 @@ def main(dtypes=("bf16",)) -> list[dict]:
         for c in cs._reduce_configs():
             rows.append(compile_report(cs._channel_moments_kernel, {"x_ptr": p, "shift_ptr": "*fp32", "part_ptr": "*fp32"},
                                        {"HAS_SHIFT": True, **c.kwargs}, c.num_warps, c.num_stages))
-            rows.append(compile_report(cs._wanda_scores_kernel, {"w_ptr": p, "l2_ptr": "*fp32", "part_ptr": "*fp32"},
-                                       c.kwargs, c.num_warps, c.num_stages))
-            for signed in (False, True):
-                rows.append(compile_report(cs._taylor_cols_kernel, {"w_ptr": p, "g_ptr": p, "part_ptr": "*fp32"},
-                                           {"SIGNED": signed, **c.kwargs}, c.num_warps, c.num_stages))
+            for has_g, signed, scale in ((False, False, True), (True, False, False), (True, True, False)):  # wanda, taylor
+                rows.append(compile_report(cs._column_sums_kernel,
+                                           {"w_ptr": p, "g_ptr": p, "scale_ptr": "*fp32", "part_ptr": "*fp32"},
+                                           {"HAS_G": has_g, "SIGNED": signed, "HAS_SCALE": scale, **c.kwargs},
+                                           c.num_warps, c.num_stages))
         for c in cs._row_configs():
             for signed in (False, True):
                 rows.append(compile_report(cs._taylor_rows_kernel, {"w_ptr": p, "g_ptr": p, "out_ptr": "*fp32"},

@@ -61,32 +61,14 @@ def _channel_moments_kernel(
 
 
 @lazy_jit
-def _wanda_scores_kernel(
-    w_ptr, l2_ptr, part_ptr,  # w[O, C] (unit stride along C), l2[C] fp32, part[SPLIT, C] fp32
-    O, C, stride_wo, rows_per_split,
+def _column_sums_kernel(
+    w_ptr, g_ptr, scale_ptr, part_ptr,  # w[O, C], g[O, C] (unit stride along C), scale[C] fp32, part[SPLIT, C] fp32
+    O, C, stride_wo, stride_go, rows_per_split,
+    HAS_G: tl.constexpr, SIGNED: tl.constexpr, HAS_SCALE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_c, pid_s = tl.program_id(0), tl.program_id(1)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    row0 = pid_s * rows_per_split
-    row_end = tl.minimum(row0 + rows_per_split, O)
-    for r in range(0, rows_per_split, BLOCK_N):
-        rows = row0 + r + tl.arange(0, BLOCK_N)
-        m = (rows < row_end)[:, None] & cmask[None, :]
-        w = tl.load(w_ptr + rows.to(tl.int64)[:, None] * stride_wo + cols[None, :], mask=m, other=0.0)
-        acc += tl.abs(w.to(tl.float32))
-    l2 = tl.load(l2_ptr + cols, mask=cmask, other=0.0)
-    tl.store(part_ptr + pid_s * C + cols, tl.sum(acc, axis=0) * l2, mask=cmask)
-
-
-@lazy_jit
-def _taylor_cols_kernel(
-    w_ptr, g_ptr, part_ptr,  # w[O, C], g[O, C] (unit stride along C), part[SPLIT, C] fp32
-    O, C, stride_wo, stride_go, rows_per_split,
-    SIGNED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-):
+    """Per column: sum over rows of |w| (HAS_G: of |w * g|; SIGNED: without the abs), times scale[c] if HAS_SCALE.
+    wanda_scores is |w| with the activation norms as scale; taylor_scores per column is |w * g|."""
     pid_c, pid_s = tl.program_id(0), tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
@@ -96,10 +78,14 @@ def _taylor_cols_kernel(
     for r in range(0, rows_per_split, BLOCK_N):
         rows = (row0 + r + tl.arange(0, BLOCK_N)).to(tl.int64)
         m = (rows < row_end)[:, None] & cmask[None, :]
-        w = tl.load(w_ptr + rows[:, None] * stride_wo + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + rows[:, None] * stride_go + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += w * g if SIGNED else tl.abs(w * g)
-    tl.store(part_ptr + pid_s * C + cols, tl.sum(acc, axis=0), mask=cmask)
+        v = tl.load(w_ptr + rows[:, None] * stride_wo + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        if HAS_G:
+            v = v * tl.load(g_ptr + rows[:, None] * stride_go + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += v if SIGNED else tl.abs(v)
+    out = tl.sum(acc, axis=0)
+    if HAS_SCALE:
+        out = out * tl.load(scale_ptr + cols, mask=cmask, other=0.0)
+    tl.store(part_ptr + pid_s * C + cols, out, mask=cmask)
 
 
 @lazy_jit
@@ -204,7 +190,8 @@ def _launch_wanda_scores(weight: torch.Tensor, act_l2: torch.Tensor, group_size:
     split, rows_per_split = _row_split(w, O, C)
     part = torch.empty(split, C, device=w.device, dtype=torch.float32)  # [SPLIT, C]
     l2 = act_l2.to(device=w.device, dtype=torch.float32).contiguous()
-    _launch(_wanda_scores_kernel, w, C, split, (w, l2, part, O, C, w.stride(0), rows_per_split))
+    _launch(_column_sums_kernel, w, C, split, (w, w, l2, part, O, C, w.stride(0), w.stride(0), rows_per_split),
+            HAS_G=False, SIGNED=False, HAS_SCALE=True)
     return ref.group_sum(part.sum(0), group_size)
 
 
@@ -234,8 +221,8 @@ def _launch_taylor_scores(weight: torch.Tensor, grad: torch.Tensor, dim: int, gr
     if dim == 0:
         split, rows_per_split = _row_split(w, O, C)
         part = torch.empty(split, C, device=w.device, dtype=torch.float32)
-        _launch(_taylor_cols_kernel, w, C, split, (w, g, part, O, C, w.stride(0), g.stride(0), rows_per_split),
-                SIGNED=signed)
+        _launch(_column_sums_kernel, w, C, split, (w, g, part, part, O, C, w.stride(0), g.stride(0), rows_per_split),
+                HAS_G=True, SIGNED=signed, HAS_SCALE=False)
         return ref.group_sum(part.sum(0), group_size)
     out = torch.empty(O, device=w.device, dtype=torch.float32)
     args = (w, g, out, O, C, w.stride(0), g.stride(0))
