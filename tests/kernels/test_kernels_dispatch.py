@@ -177,3 +177,36 @@ def test_autotuned_launch_path(monkeypatch, gen):
     logits = h @ w.T  # random logits, no margin: the chosen id's logit must be the maximum (to rounding)
     picked = logits.gather(1, K.lm_head_argmax(h, w[kept], kept)[:, None])[:, 0]
     torch.testing.assert_close(picked, logits[:, kept].amax(1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.interpreter
+def test_ops_compile_without_graph_breaks(gen):
+    """torch.compile(fullgraph=True) traces every greenprune op through its fake impl (aot_eager: Dynamo and
+    AOTAutograd on fake tensors, then the real kernels run) and gives the uncompiled op's results."""
+    import torch._dynamo
+
+    ops = torch.ops.greenprune
+    x, w = torch.randn(2, 7, 48, generator=gen), torch.randn(53, 48, generator=gen)
+    g, l2, wv = torch.randn(53, 48, generator=gen), torch.rand(48, generator=gen), torch.randn(131, 48, generator=gen)
+    kept = torch.randperm(131, generator=gen)[:53].sort().values
+    id_map = torch.full((131,), -1, dtype=torch.int32)
+    id_map[kept] = torch.arange(53, dtype=torch.int32)
+    ids = torch.randint(0, 131, (3, 5), generator=gen)
+    wgu, wd = torch.randn(90, 48, generator=gen) / 7, torch.randn(48, 45, generator=gen) / 7
+    calls = {
+        "channel_moments": lambda: ops.channel_moments(x, None),
+        "wanda_scores": lambda: ops.wanda_scores(w, l2, 16),
+        "taylor_scores": lambda: (ops.taylor_scores(w, g, 0, 16, False), ops.taylor_scores(w, g, 1, 1, True)),
+        "kl_divergence": lambda: ops.kl_divergence(x[0], wv, x[0], w, kept),
+        "swiglu_ffn": lambda: ops.swiglu_ffn(x, wgu, wd),
+        "remapped_embedding": lambda: ops.remapped_embedding(ids, id_map, w, 0),
+        "lm_head_argmax": lambda: ops.lm_head_argmax(x, w, kept),
+        "lm_head_topk": lambda: ops.lm_head_topk(x[0], w, kept, 5),
+    }
+    for name, make in calls.items():
+        torch._dynamo.reset()
+        want = make()
+        got = torch.compile(make, backend="aot_eager", fullgraph=True)()
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
