@@ -7,7 +7,6 @@ from transformers import AutoModelForCausalLM
 
 from greenprune.errors import GreenpruneError
 from greenprune.importance import score_model
-from greenprune.planner import make_plan
 from greenprune.prune import prune_model
 from greenprune.shards import CheckpointReader
 from greenprune.stream import StreamOptions, make_stream_plan, plan_global, stream_prune
