@@ -61,9 +61,9 @@ class CheckpointReader:
     def get(self, name: str, dtype: Optional[torch.dtype] = None, block_bytes: int = 64 * 2**20) -> torch.Tensor:
         """Tensor `name`, converted to `dtype` if given. A conversion fills the converted tensor from blocks of
         rows, each read under its own open file, so beside the result there is at most one block of the source
-        (its mapped pages are dropped when the file closes). Measured on one Llama-2-70B-shaped layer, bf16 ->
-        fp32 (scripts/measure_stream_70b.py's slice): peak RSS 4.01 GiB converting whole tensors, 3.64 GiB by blocks, 3.57 GiB
-        once loaded: the whole-tensor way holds a 0.44 GiB source FFN matrix beside the converted layer."""
+        (its mapped pages are dropped when the file closes). Measured loading one Llama-2-70B-shaped layer bf16
+        -> fp32 (scripts/measure_stream_70b.py's slice): peak RSS 4.01 GiB converting whole tensors, 3.64 GiB by
+        blocks, 3.57 GiB once loaded; the whole-tensor way holds a 0.44 GiB source FFN matrix beside the layer."""
         if name not in self.where:
             raise GreenpruneError(f"{self.path}: tensor {name} not in the checkpoint")
         f = str(self.where[name])
@@ -74,7 +74,7 @@ class CheckpointReader:
                 t = h.get_tensor(name)
                 return t if dtype is None else t.to(dtype)
         out = torch.empty(shape, dtype=dtype)
-        row_bytes = max(1, math.prod(shape[1:]) * torch.empty((), dtype=stored or torch.float32).element_size())
+        row_bytes = max(1, math.prod(shape[1:]) * torch.empty((), dtype=stored).element_size())
         step = max(1, block_bytes // row_bytes)
         for a in range(0, shape[0], step):
             with safe_open(f, framework="pt") as h:
