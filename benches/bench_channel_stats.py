@@ -8,28 +8,20 @@ a gate/up projection); same target.
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
-
-from greenprune import _ext  # noqa: E402
-from greenprune.kernels import reference as ref  # noqa: E402
+from greenprune.kernels import reference as ref
 
 IMPLS = ["triton", "eager", "compile"]
-
-
-def cuda_ext():
-    """torch.ops.greenprune_cuda (the csrc/ extension), or skip the `cuda_ext` implementation, saying why."""
-    why = _ext.why_absent()
-    if why is not None:
-        pytest.skip(f"the CUDA extension greenprune._C is not built ({why})")
-    return torch.ops.greenprune_cuda
+# scripts/gpu_check.sh lease (GREENPRUNE_BENCH_PROFILE=lease, see conftest.py): the largest shape of each op.
+LEASE = {"bench_channel_moments": [{"N": 16384, "C": 14336}],
+         "bench_wanda_scores": [{"O": 8192, "C": 28672}],
+         "bench_taylor_scores": [{"O": 8192, "C": 28672, "dim": 0}, {"O": 28672, "C": 8192, "dim": 1}]}
 
 
 @pytest.mark.parametrize("impl", IMPLS + ["cuda_ext"])
 @pytest.mark.parametrize("N,C", [(4096, 4096), (16384, 4096), (16384, 14336)], ids=lambda v: str(v))
-def bench_channel_moments(benchmark, measure, compiled, impl, N, C):
+def bench_channel_moments(request, benchmark, measure, compiled, impl, N, C):
     benchmark.group = f"channel_moments N={N} C={C}"
-    ext = cuda_ext() if impl == "cuda_ext" else None
+    ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
     x = torch.randn(N, C, device="cuda", dtype=torch.bfloat16)
     fns = {"triton": lambda: torch.ops.greenprune.channel_moments(x, None),
            "cuda_ext": lambda: ext.channel_moments(x, None),

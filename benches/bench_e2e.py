@@ -22,17 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    pytest.skip("end-to-end benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
+from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache  # noqa: E402
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
-
-from greenprune.cost import ideal_speedup, layer_widths, step_cost  # noqa: E402
-from greenprune.plan import ModelShape  # noqa: E402
-from greenprune.prune import derive_config  # noqa: E402
-from greenprune.serving import FusedSwiGLU, fuse_for_serving, greedy_step  # noqa: E402
-from greenprune.shapes import LLAMA2_7B, LLAMA2_70B, target_plan  # noqa: E402
+from greenprune.cost import ideal_speedup, layer_widths, step_cost
+from greenprune.plan import ModelShape
+from greenprune.prune import derive_config
+from greenprune.serving import FusedSwiGLU, fuse_for_serving, greedy_step
+from greenprune.shapes import LLAMA2_7B, LLAMA2_70B, target_plan
 
 SLICE = 4
 PREFILL = [512, 2048, 4096]
@@ -40,6 +37,17 @@ DECODE = [1, 8, 32]
 CONTEXT = 512  # tokens already in the KV cache when decode steps are timed
 BF = dict(device="cuda", dtype=torch.bfloat16)
 RATIOS = {"49B/70B": 49 / 70, "35B/70B": 35 / 70}
+# lease profile (conftest.py): both ratios; FFN-only plans at every prompt length and batch (eager), the fused
+# ops at decode and one prompt length, the layer- and KV-removing variants at batch-1 decode; the whole models
+# at batch-1 decode and a 2048-token prefill
+_HEADLINE = [{"mode": "decode", "batch": 1}, {"mode": "prefill", "T": 2048}]
+LEASE = {"bench_llama70b_slice": [{"variant": "ffn", "impl": "eager"},
+                                  {"variant": "ffn", "impl": "fused", "mode": "decode"},
+                                  {"variant": "ffn", "impl": "fused", "mode": "prefill", "T": 2048},
+                                  {"variant": "ffn+layers", "mode": "decode", "batch": 1},
+                                  {"variant": "ffn+kv", "mode": "decode", "batch": 1}],
+         "bench_llama7b_model": _HEADLINE,
+         "bench_default_model": _HEADLINE}
 
 
 def _config(shape: ModelShape, layers: int) -> LlamaConfig:

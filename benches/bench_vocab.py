@@ -9,22 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)", allow_module_level=True)
-
-from greenprune import _ext  # noqa: E402
-from greenprune.kernels import build_id_map, reference as ref  # noqa: E402
-
-
-def cuda_ext():
-    """torch.ops.greenprune_cuda (the csrc/ extension), or skip the `cuda_ext` implementation, saying why."""
-    why = _ext.why_absent()
-    if why is not None:
-        pytest.skip(f"the CUDA extension greenprune._C is not built ({why})")
-    return torch.ops.greenprune_cuda
+from greenprune.kernels import build_id_map, reference as ref
 
 HEADS = [(1, 4096, 128256, 42752), (64, 4096, 128256, 42752), (4096, 4096, 128256, 42752), (1, 4096, 32000, 10667),
          (4096, 4096, 32000, 10667)]
+# lease profile (conftest.py): the Llama-3 head with a third of its vocabulary kept, at decode and at prefill
+LEASE = {"bench_lm_head_argmax": [{"T": 1, "V": 128256}, {"T": 4096, "V": 128256}],
+         "bench_lm_head_topk": [{"T": 1, "V": 128256}],
+         "bench_remapped_embedding": [{"H": 4096}]}
 
 
 def _head(T, H, V, K):
@@ -36,9 +28,9 @@ def _head(T, H, V, K):
 
 @pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager_kept", "eager_full", "compile_kept"])
 @pytest.mark.parametrize("T,H,V,K", HEADS, ids=lambda v: str(v))
-def bench_lm_head_argmax(benchmark, measure, compiled, impl, T, H, V, K):
+def bench_lm_head_argmax(request, benchmark, measure, compiled, impl, T, H, V, K):
     benchmark.group = f"lm_head_argmax T={T} H={H} V={V} K={K}"
-    ext = cuda_ext() if impl == "cuda_ext" else None
+    ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
     h, w_full, w_kept, kept = _head(T, H, V, K)
     fns = {"triton": lambda: torch.ops.greenprune.lm_head_argmax(h, w_kept, kept),
            "cuda_ext": lambda: ext.lm_head_argmax(h, w_kept, kept),
@@ -52,9 +44,9 @@ def bench_lm_head_argmax(benchmark, measure, compiled, impl, T, H, V, K):
 
 @pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager_kept", "eager_full"])
 @pytest.mark.parametrize("T,H,V,K", HEADS[:2], ids=lambda v: str(v))
-def bench_lm_head_topk(benchmark, measure, impl, T, H, V, K, k=8):
+def bench_lm_head_topk(request, benchmark, measure, impl, T, H, V, K, k=8):
     benchmark.group = f"lm_head_topk k={k} T={T} H={H} V={V} K={K}"
-    ext = cuda_ext() if impl == "cuda_ext" else None
+    ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
     h, w_full, w_kept, kept = _head(T, H, V, K)
     fns = {"triton": lambda: torch.ops.greenprune.lm_head_topk(h, w_kept, kept, k),
            "cuda_ext": lambda: ext.lm_head_topk(h, w_kept, kept, k),
@@ -67,9 +59,9 @@ def bench_lm_head_topk(benchmark, measure, impl, T, H, V, K, k=8):
 
 @pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager"])
 @pytest.mark.parametrize("N,H,V,K", [(16384, 4096, 128256, 42752), (16384, 8192, 128256, 42752)], ids=lambda v: str(v))
-def bench_remapped_embedding(benchmark, measure, impl, N, H, V, K):
+def bench_remapped_embedding(request, benchmark, measure, impl, N, H, V, K):
     benchmark.group = f"remapped_embedding N={N} H={H} K={K}"
-    ext = cuda_ext() if impl == "cuda_ext" else None
+    ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
     w = torch.randn(K, H, device="cuda", dtype=torch.bfloat16)
     kept = torch.randperm(V, device="cuda")[:K]
     id_map = build_id_map(kept, V)

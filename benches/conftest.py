@@ -10,11 +10,14 @@ calls) are kept alongside. Run: `pytest benches --benchmark-json=benches/results
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
 from typing import Callable, Optional
 
 import pytest
 import torch
+
+from greenprune import _ext
 
 CEILINGS: dict = {}  # filled once per session by the `ceilings` fixture, written into the JSON
 
@@ -24,6 +27,7 @@ def run_info() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "profile": bench_profile(),
     }
     try:
         import triton
@@ -35,6 +39,46 @@ def run_info() -> dict:
         p = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu=p.name, sm_count=p.multi_processor_count, gpu_memory_GiB=round(p.total_memory / 2**30, 1))
     return info
+
+
+# --- profiles -------------------------------------------------------------------------------------------
+# GREENPRUNE_BENCH_PROFILE=full (default) runs every parametrisation. `lease` runs the subset each bench module
+# names in its LEASE dict ({bench function: [param subsets]}; an item is kept when its parameters contain one
+# of the subsets): the headline figures of every op and end-to-end target, sized for a short lease of a GPU
+# (scripts/gpu_check.sh lease). Declared beside the full lists, so the subset never drifts from the suite.
+PROFILES = ("full", "lease")
+
+
+def bench_profile() -> str:
+    profile = os.environ.get("GREENPRUNE_BENCH_PROFILE", "full").strip().lower() or "full"
+    if profile not in PROFILES:
+        raise pytest.UsageError(f"GREENPRUNE_BENCH_PROFILE={profile!r}; choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+def in_lease(item) -> bool:
+    """True when the module's LEASE names this item's function and one of its parameter subsets matches."""
+    lease = getattr(item.module, "LEASE", {})
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(all(k in params and params[k] == v for k, v in subset.items())
+               for subset in lease.get(item.originalname, []))
+
+
+def pytest_collection_modifyitems(config, items):
+    if bench_profile() == "full":
+        return
+    for module in {it.module for it in items}:  # a subset that matches nothing is a typo: say so, never run less
+        for name, subsets in getattr(module, "LEASE", {}).items():
+            params = [getattr(getattr(it, "callspec", None), "params", {}) for it in items
+                      if it.module is module and it.originalname == name]
+            for subset in subsets:
+                if not any(all(k in p and p[k] == v for k, v in subset.items()) for p in params):
+                    raise pytest.UsageError(f"{module.__name__}.LEASE: {name} {subset} matches no benchmark")
+    kept = [it for it in items if in_lease(it)]
+    dropped = [it for it in items if not in_lease(it)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -70,8 +114,9 @@ def device_ms(fn: Callable, reps: int = 25, flush: bool = True) -> float:
 
 @pytest.fixture(scope="session")
 def ceilings() -> dict:
+    """Session-scoped, so it is set up (and skips without a GPU) before any module-scoped model fixture."""
     if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+        pytest.skip("benchmarks need a CUDA GPU (no GPU numbers without one)")
     if not CEILINGS:
         n = 2**30  # bytes
         src = torch.randint(-128, 127, (n,), dtype=torch.int8, device="cuda")  # random: never time zeros
@@ -141,6 +186,16 @@ def cuda_graphed(*fns: Callable) -> tuple[list[Callable], dict]:
         torch.cuda.synchronize()
         return list(fns), {"cuda_graph": False, "cuda_graph_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     return [g.replay for g in graphs], {"cuda_graph": True}
+
+
+@pytest.fixture
+def cuda_ext():
+    """torch.ops.greenprune_cuda (the csrc/ extension), or skip the `cuda_ext` implementation, saying why.
+    Requested through request.getfixturevalue only by the cuda_ext parametrisations."""
+    why = _ext.why_absent()
+    if why is not None:
+        pytest.skip(f"the CUDA extension greenprune._C is not built ({why})")
+    return torch.ops.greenprune_cuda
 
 
 @pytest.fixture

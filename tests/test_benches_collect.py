@@ -1,0 +1,47 @@
+"""The GPU benchmark suites import and collect on a CPU machine, in both profiles.
+
+benches/ only runs on a GPU, which CI never has: this catches a bench module that no longer imports (a renamed
+function, a moved op) or a `lease` subset that matches no benchmark before a short GPU lease is spent on it.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
+
+
+def _collect(profile: str) -> list[str]:
+    env = {**os.environ, "GREENPRUNE_BENCH_PROFILE": profile}
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(BENCHES)],
+                       capture_output=True, text=True, env=env, cwd=BENCHES, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [line for line in r.stdout.splitlines() if "::" in line]
+
+
+@pytest.fixture(scope="module")
+def collected() -> dict:
+    return {p: _collect(p) for p in ("full", "lease")}
+
+
+def test_every_bench_collects_and_the_lease_covers_every_op(collected):
+    full, lease = collected["full"], collected["lease"]
+    assert set(lease) < set(full)
+    functions = lambda ids: {i.split("[")[0] for i in ids}  # noqa: E731
+    assert functions(lease) == functions(full)  # every op and end-to-end subject has a headline figure
+
+
+def test_lease_keeps_both_end_to_end_ratios_and_every_decode_batch(collected):
+    slices = [i for i in collected["lease"] if "bench_llama70b_slice" in i]
+    for ratio in ("49B/70B", "35B/70B"):
+        for case in ("decode-1-1", "decode-8-1", "decode-32-1", "prefill-1-512", "prefill-1-2048", "prefill-1-4096"):
+            assert any(ratio in i and case in i and "ffn-eager" in i for i in slices), (ratio, case)
+
+
+def test_unknown_profile_is_refused():
+    env = {**os.environ, "GREENPRUNE_BENCH_PROFILE": "quick"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(BENCHES)],
+                       capture_output=True, text=True, env=env, cwd=BENCHES, timeout=300)
+    assert r.returncode != 0 and "choose one of full, lease" in r.stdout + r.stderr
