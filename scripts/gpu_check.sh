@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build the CUDA extension from this checkout, run the kernel tests (GPU tests
-# included) and the benchmarks, and write everything as JSON/XML/logs into $OUT (default out/gpu-check).
+# included) and the benchmarks, and write everything as JSON/logs into $OUT (default out/gpu-check).
 #
-#   scripts/gpu_check.sh [STEP ...]     STEP: build | test | bench-kernels | bench-e2e | all (default: all)
+#   scripts/gpu_check.sh [STEP ...]     STEP: build | test | bench-kernels | bench-e2e | all | lease (default: all)
 #
-# Steps run in the order given, each logging to $OUT; `all` is build test bench-kernels bench-e2e. The build is
-# skipped when greenprune/_C*.so is newer than every file in csrc/ (consecutive calls on one machine).
+# Steps run in the order given, each logging to $OUT; `all` is build test bench-kernels bench-e2e with the full
+# benchmark profile. `lease` is the same four steps sized for a short lease of a GPU (one call of the device
+# tool): the benches' `lease` profile (GREENPRUNE_BENCH_PROFILE, benches/conftest.py: the headline shape of every
+# op, both end-to-end ratios) and a time budget, GPU_CHECK_BUDGET_S (default 540 s), shared by the steps in
+# proportion to STEP_SHARES; time a step leaves unused passes to the later ones. A step that reaches its share
+# is interrupted (SIGINT: pytest-benchmark still writes the JSON of what finished) and the next one starts.
+# A failed build does not stop the Triton steps (the extension is optional; its benches skip, saying why). The
+# build is skipped when greenprune/_C*.so is newer than every file in csrc/ (consecutive calls on one machine).
 # Results: bench_kernels.json (channel stats, KL, SwiGLU, vocabulary: Triton vs CUDA extension vs eager vs
 # torch.compile, with the copy / GEMM ceilings measured in the same run) and bench_e2e.json (dense vs pruned
-# end to end). Copy them to benches/results/ under the GPU's name and the date. At most 8 files land in $OUT
+# end to end); the last lines printed are their tables (scripts/gpu_results.py). Copy them to benches/results/
+# with `python scripts/gpu_results.py DIR --save benches/results`. At most 8 files land in $OUT
 # (environment.json, gpu_check.log, build.log and a log per test/bench step), what the device tool brings back.
 #
 # Needs a CUDA build of torch with pytest (+ pytest-benchmark for the benches), ninja and nvcc (PATH,
@@ -20,10 +27,33 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu-check}"
 mkdir -p "$OUT"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"  # the GPU machines have python3 (with torch), not always python
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
 info() { echo "gpu_check: $*" | tee -a "$OUT/gpu_check.log" >&2; }
+
+# Relative time of each step in a budgeted run, in seconds of the default budget (estimated on the CPU machine from compile and shape counts;
+# adjust with measured step times, which gpu_check.log records).
+declare -A STEP_SHARES=([build]=90 [test]=120 [bench-kernels]=170 [bench-e2e]=160)
+BUDGET_S="${GPU_CHECK_BUDGET_S:-}"
+STEP_TIMEOUT=""  # set per step by step_budget; empty: no limit
+
+share() {  # STEP...: the summed shares of these steps, scaled so that all the steps of this run fill BUDGET_S
+  local sum=0 s
+  for s in "$@"; do sum=$((sum + ${STEP_SHARES[$s]:-0})); done
+  echo $((sum * BUDGET_S / SHARE_TOTAL))
+}
+
+step_budget() {  # STEP LATER_STEP...: this step's limit = what is left minus the shares of the steps after it
+  STEP_TIMEOUT=""
+  [ -z "$BUDGET_S" ] && return 0
+  STEP_TIMEOUT=$((DEADLINE - SECONDS - $(share "${@:2}")))
+  [ "$STEP_TIMEOUT" -ge 10 ]
+}
+
+limited() {  # run "$@" under the step's limit: SIGINT first (pytest reports and writes its JSON), KILL 20 s later
+  if [ -n "$STEP_TIMEOUT" ]; then timeout -s INT -k 20 "$STEP_TIMEOUT" "$@"; else "$@"; fi
+}
 
 if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="/usr/local/cuda/bin:$PATH"
@@ -67,11 +97,11 @@ build() {
   fi
   info "building greenprune._C for compute capability $GREENPRUNE_CUDA_ARCH with $MAX_JOBS jobs"
   local t0=$SECONDS
-  if GREENPRUNE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+  if GREENPRUNE_BUILD_CUDA=1 limited "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
     info "built and installed in place (pip -e) in $((SECONDS - t0)) s"
   else
     info "pip -e failed (see build.log); building in place with setup.py build_ext --inplace"
-    GREENPRUNE_BUILD_CUDA=1 "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { info "BUILD FAILED"; return 1; }
+    GREENPRUNE_BUILD_CUDA=1 limited "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { info "BUILD FAILED"; return 1; }
     info "built in place in $((SECONDS - t0)) s"
   fi
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
@@ -84,7 +114,7 @@ build() {
 tests() {
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
   info "tests/kernels (GPU session: compiled Triton kernels and the CUDA extension)"
-  PYTHONUNBUFFERED=1 "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider > "$OUT/tests_kernels.log" 2>&1
+  PYTHONUNBUFFERED=1 limited "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider > "$OUT/tests_kernels.log" 2>&1
   local rc=$?
   info "tests/kernels exit status $rc: $(tail -1 "$OUT/tests_kernels.log")"
   return $rc
@@ -95,7 +125,7 @@ bench_suite() {  # NAME FILE...: one pytest-benchmark run into $OUT/NAME.json
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
   info "$name: $*"
   local t0=$SECONDS
-  PYTHONUNBUFFERED=1 "$PY" $PYFLAGS -m pytest -q -rs "$@" -p no:cacheprovider --benchmark-json="$OUT/$name.json" \
+  PYTHONUNBUFFERED=1 limited "$PY" $PYFLAGS -m pytest -q -rs "$@" -p no:cacheprovider --benchmark-json="$OUT/$name.json" \
     > "$OUT/$name.log" 2>&1
   local rc=$?
   info "$name exit status $rc in $((SECONDS - t0)) s: $(tail -1 "$OUT/$name.log")"
@@ -120,12 +150,29 @@ run_step() {
 
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(all)
-[ "${STEPS[*]}" = all ] && STEPS=(build test bench-kernels bench-e2e)
+case "${STEPS[*]}" in
+  all) STEPS=(build test bench-kernels bench-e2e) ;;
+  lease) STEPS=(build test bench-kernels bench-e2e)
+         BUDGET_S="${BUDGET_S:-540}"
+         export GREENPRUNE_BENCH_PROFILE="${GREENPRUNE_BENCH_PROFILE:-lease}" ;;
+esac
+DEADLINE=${BUDGET_S:-0}  # SECONDS counts from the start of this script: the budget covers all of it
+SHARE_TOTAL=0
+for step in "${STEPS[@]}"; do SHARE_TOTAL=$((SHARE_TOTAL + ${STEP_SHARES[$step]:-0})); done
+[ "$SHARE_TOTAL" -gt 0 ] || SHARE_TOTAL=1
+info "steps: ${STEPS[*]}; budget ${BUDGET_S:-none} s; bench profile ${GREENPRUNE_BENCH_PROFILE:-full}"
 rc=0
-for step in "${STEPS[@]}"; do
-  if ! run_step "$step"; then
-    rc=1
-    [ "$step" = build ] && { info "build failed: later steps not run"; exit 1; }
+for i in "${!STEPS[@]}"; do
+  step=${STEPS[$i]}
+  if ! step_budget "$step" "${STEPS[@]:$((i + 1))}"; then
+    info "$step: skipped, the budget is spent"; rc=1; continue
   fi
+  [ -n "$STEP_TIMEOUT" ] && info "$step: at most $STEP_TIMEOUT s"
+  t0=$SECONDS
+  run_step "$step"; src=$?
+  [ "$src" -ne 0 ] && rc=1
+  info "$step: exit status $src after $((SECONDS - t0)) s$([ "$src" -eq 124 ] && echo ', interrupted at its limit')"
+  [ "$step" = build ] && [ "$src" -ne 0 ] && info "build failed: the CUDA extension's tests and benches skip; Triton steps go on"
 done
+"$PY" scripts/gpu_results.py "$OUT" 2>&1 | tee -a "$OUT/gpu_check.log" || true
 exit $rc
