@@ -13,10 +13,14 @@ import pytest
 BENCHES = Path(__file__).resolve().parent.parent / "benches"
 
 
-def _collect(profile: str) -> list[str]:
+def _run_collect(profile: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "GREENPRUNE_BENCH_PROFILE": profile}
-    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(BENCHES)],
-                       capture_output=True, text=True, env=env, cwd=BENCHES, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(BENCHES)],
+                          capture_output=True, text=True, env=env, cwd=BENCHES, timeout=300)
+
+
+def _collect(profile: str) -> list[str]:
+    r = _run_collect(profile)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [line for line in r.stdout.splitlines() if "::" in line]
 
@@ -41,7 +45,5 @@ def test_lease_keeps_both_end_to_end_ratios_and_every_decode_batch(collected):
 
 
 def test_unknown_profile_is_refused():
-    env = {**os.environ, "GREENPRUNE_BENCH_PROFILE": "quick"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(BENCHES)],
-                       capture_output=True, text=True, env=env, cwd=BENCHES, timeout=300)
+    r = _run_collect("quick")
     assert r.returncode != 0 and "choose one of full, lease" in r.stdout + r.stderr
