@@ -113,8 +113,10 @@ build() {
 
 tests() {
   "$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
-  info "tests/kernels (GPU session: compiled Triton kernels and the CUDA extension)"
-  PYTHONUNBUFFERED=1 limited "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider > "$OUT/tests_kernels.log" 2>&1
+  # fresh random inputs on every run (each test seeds from its node id otherwise); logged to repeat a failure
+  local seed="${GREENPRUNE_TEST_SEED:-$(date +%s)}"
+  info "tests/kernels (GPU session: compiled Triton kernels and the CUDA extension), GREENPRUNE_TEST_SEED=$seed"
+  GREENPRUNE_TEST_SEED=$seed PYTHONUNBUFFERED=1 limited "$PY" $PYFLAGS -m pytest -q -rs tests/kernels -p no:cacheprovider > "$OUT/tests_kernels.log" 2>&1
   local rc=$?
   info "tests/kernels exit status $rc: $(tail -1 "$OUT/tests_kernels.log")"
   return $rc
