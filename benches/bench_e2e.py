@@ -18,6 +18,7 @@ lm_head_argmax, no logits), for the FFN-only slices and the whole models. GPU on
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ SLICE = 4
 PREFILL = [512, 2048, 4096]
 DECODE = [1, 8, 32]
 CONTEXT = 512  # tokens already in the KV cache when decode steps are timed
-BF = dict(device="cuda", dtype=torch.bfloat16)
+RUN = dict(device="cuda", dtype=torch.bfloat16)  # where and in what the models are built (tests/test_bench_e2e.py: CPU)
 RATIOS = {"49B/70B": 49 / 70, "35B/70B": 35 / 70}
 # lease profile (conftest.py): both ratios; FFN-only plans at every prompt length and batch (eager), the fused
 # ops at decode and one prompt length, the layer- and KV-removing variants at batch-1 decode; the whole models
@@ -65,33 +66,53 @@ def _slice(cfg: LlamaConfig, widths: list[tuple[int, int]], impl: str = "eager")
         c = LlamaConfig(**{**cfg.to_dict(), "intermediate_size": w, "num_key_value_heads": kv,
                            "num_attention_heads": kv * cfg.num_attention_heads // cfg.num_key_value_heads})
         c._attn_implementation = "sdpa"
-        with torch.device("cuda"):
-            layer = LlamaDecoderLayer(c, i).to(torch.bfloat16).eval()
+        with torch.device(RUN["device"]):
+            layer = LlamaDecoderLayer(c, i).to(RUN["dtype"]).eval()
         for p in layer.parameters():
             torch.nn.init.normal_(p, std=0.02)
         if impl == "fused":
             layer.mlp = FusedSwiGLU(layer.mlp)
         layers.append(layer)
     cache_cfg = LlamaConfig(**{**cfg.to_dict(), "num_hidden_layers": len(widths)})
-    return layers, LlamaRotaryEmbedding(cfg).to("cuda"), cache_cfg
+    return layers, LlamaRotaryEmbedding(cfg).to(RUN["device"]), cache_cfg
+
+
+def _rewinder(cache, ctx: int):
+    """A call that puts every layer of `cache` back to `ctx` cached positions, so each repeat of a step writes the
+    same slots and costs the same. transformers 5.x StaticCache layers write at their own running count
+    (`cumulative_length`, a device tensor advanced in place, also inside a CUDA graph) and ignore the
+    cache_position passed in: without this the second repeat writes past the cache's end. The counts are made
+    views of one tensor, so the rewind is a single fill kernel inside the timed step (both sides pay it). A cache
+    without such counts (it writes at cache_position) needs no rewind."""
+    layers = getattr(cache, "layers", None) or []
+    if not layers or not all(isinstance(getattr(lay, "cumulative_length", None), torch.Tensor) for lay in layers):
+        return lambda: None
+    counts = torch.full((len(layers),), ctx, dtype=torch.long, device=layers[0].cumulative_length.device)
+    for i, lay in enumerate(layers):
+        lay.cumulative_length = counts[i]
+    return lambda: counts.fill_(ctx)
 
 
 @torch.no_grad()
 def _slice_fns(layers, rotary, cache_cfg, batch: int, T: int, ctx: int):
-    h = torch.randn(batch, T, layers[0].hidden_size, **BF)
+    w = next(layers[0].parameters())
+    like = dict(device=w.device, dtype=w.dtype)
+    h = torch.randn(batch, T, layers[0].hidden_size, **like)
     cache = None
     if ctx:
         cache = StaticCache(config=cache_cfg, max_cache_len=ctx + T)
-        pre = torch.randn(batch, ctx, layers[0].hidden_size, **BF)
-        pos = torch.arange(ctx, device="cuda").unsqueeze(0)
+        pre = torch.randn(batch, ctx, layers[0].hidden_size, **like)
+        pos = torch.arange(ctx, device=w.device).unsqueeze(0)
         pe = rotary(pre, pos)
         for layer in layers:
             layer(pre, position_embeddings=pe, position_ids=pos, past_key_values=cache, cache_position=pos[0])
-    pos = torch.arange(ctx, ctx + T, device="cuda").unsqueeze(0)
+    pos = torch.arange(ctx, ctx + T, device=w.device).unsqueeze(0)
     pe = rotary(h, pos)
+    rewind = _rewinder(cache, ctx)
 
     @torch.no_grad()
     def run():
+        rewind()
         x = h
         for layer in layers:  # the same cache slots every call: constant cost per repeat
             x = layer(x, position_embeddings=pe, position_ids=pos, past_key_values=cache, cache_position=pos[0])
@@ -142,8 +163,8 @@ def _model(shape: ModelShape, plan=None, impl: str = "eager"):
     cfg = _config(shape, shape.num_hidden_layers)
     if plan is not None:
         cfg = derive_config(cfg, plan)
-    with torch.device("cuda"):
-        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    with torch.device(RUN["device"]):
+        m = AutoModelForCausalLM.from_config(cfg, dtype=RUN["dtype"]).eval()
     if impl == "fused":
         fuse_for_serving(m)
     return m
@@ -151,7 +172,8 @@ def _model(shape: ModelShape, plan=None, impl: str = "eager"):
 
 def _model_fns(model, impl: str, batch: int, T: int, ctx: int):
     """The timed step: eager, a transformers forward (logits at every position); fused, the next token only."""
-    ids = torch.randint(0, model.config.vocab_size, (batch, T), device="cuda")
+    dev = model.device
+    ids = torch.randint(0, model.config.vocab_size, (batch, T), device=dev)
 
     def step(**kw):
         return greedy_step(model, ids, **kw)[0] if impl == "fused" else model(ids, **kw).logits
@@ -160,10 +182,17 @@ def _model_fns(model, impl: str, batch: int, T: int, ctx: int):
         return torch.no_grad()(lambda: step(use_cache=False))
     cache = StaticCache(config=model.config, max_cache_len=ctx + T)
     with torch.no_grad():
-        model(torch.randint(0, model.config.vocab_size, (batch, ctx), device="cuda"), past_key_values=cache,
-              cache_position=torch.arange(ctx, device="cuda"))
-    pos = torch.arange(ctx, ctx + T, device="cuda")
-    return torch.no_grad()(lambda: step(past_key_values=cache, cache_position=pos))
+        model(torch.randint(0, model.config.vocab_size, (batch, ctx), device=dev), past_key_values=cache,
+              cache_position=torch.arange(ctx, device=dev))
+    pos = torch.arange(ctx, ctx + T, device=dev)
+    rewind = _rewinder(cache, ctx)
+
+    @torch.no_grad()
+    def run():
+        rewind()
+        return step(past_key_values=cache, cache_position=pos)
+
+    return run
 
 
 def _model_cost(model, impl, batch, T, ctx):
@@ -200,7 +229,7 @@ def bench_llama7b_model(benchmark, measure, llama7b_pair, mode, batch, T):
 PLANS = Path(__file__).parent / "plans"
 
 
-def default_model_pair(device: str = "cuda"):
+def default_model_pair(device: Optional[str] = None):
     """The default model (SmolLM2-135M-Instruct) and its 22% plan as `greenprune prune` made it with the current
     defaults (benches/plans/smollm2_135m_22.plan.json: per-layer FFN widths, 20,181-token vocabulary).
     Real weights where the default model is installed (the plan applied to them; GREENPRUNE_BENCH_PRUNED=DIR
@@ -211,21 +240,22 @@ def default_model_pair(device: str = "cuda"):
     from greenprune.plan import PruningPlan
     from greenprune.prune import prune_model
 
+    device = device or RUN["device"]
     plan = PruningPlan.load(PLANS / "smollm2_135m_22.plan.json")
     saved = os.environ.get("GREENPRUNE_BENCH_PRUNED")
     try:
-        dense, _ = load_model(None, dtype=torch.bfloat16)
+        dense, _ = load_model(None, dtype=RUN["dtype"])
     except GreenpruneError as e:
         if saved:
             raise
         cfg = LlamaConfig.from_dict(json.loads((PLANS / "smollm2_135m.config.json").read_text()))
         cfg._attn_implementation = "sdpa"
         with torch.device(device):
-            dense = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
-            pruned = AutoModelForCausalLM.from_config(derive_config(cfg, plan), dtype=torch.bfloat16).eval()
+            dense = AutoModelForCausalLM.from_config(cfg, dtype=RUN["dtype"]).eval()
+            pruned = AutoModelForCausalLM.from_config(derive_config(cfg, plan), dtype=RUN["dtype"]).eval()
         return dense, pruned, f"random weights, committed 22% plan (default model unavailable: {e})"
     if saved:
-        pruned, _ = load_model(saved, dtype=torch.bfloat16)
+        pruned, _ = load_model(saved, dtype=RUN["dtype"])
         return dense.to(device), pruned.to(device), saved
     return dense.to(device), prune_model(dense, plan).to(device), "real weights, committed 22% plan"
 
