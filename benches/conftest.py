@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from greenprune import _ext
+from greenprune.kernels import fallback_counts
 
 CEILINGS: dict = {}  # filled once per session by the `ceilings` fixture, written into the JSON
 
@@ -138,10 +139,14 @@ def measure(benchmark, ceilings):
 
     def run(fn: Callable, *, bytes: Optional[float] = None, flops: Optional[float] = None,
             baseline: Optional[Callable] = None, graph: bool = False, **extra) -> float:
+        before = fallback_counts()
         if graph:
             fns, extra["graph"] = cuda_graphed(fn, *([baseline] if baseline is not None else []))
             fn, baseline = fns[0], (fns[1] if baseline is not None else None)
         ms = device_ms(fn)
+        fell = fallback_counts(since=before)
+        if fell:  # a figure under a kernel's name that the torch reference produced: refuse it
+            pytest.fail(f"Triton launchers ran the torch reference instead of their kernels: {fell}", pytrace=False)
         info = {"device_ms": round(ms, 4), **extra}
         if bytes is not None:
             info["GBps"] = bytes / ms / 1e6

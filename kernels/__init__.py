@@ -13,7 +13,7 @@ if __name__.partition(".")[0] != "greenprune":
     __all__: list = []
 else:
     from .channel_stats import ChannelStats, channel_moments, group_sum, taylor_scores, wanda_scores
-    from .dispatch import BackendUnavailable, backend_for
+    from .dispatch import BackendUnavailable, backend_for, fallback_counts
     from .kl import kl_divergence
     from .kl_loss import kl_loss
     from .reference import KLResult
@@ -36,6 +36,7 @@ else:
         "build_id_map",
         "channel_moments",
         "compact_logits",
+        "fallback_counts",
         "fuse_gate_up",
         "group_sum",
         "kl_divergence",

@@ -18,6 +18,7 @@ TRITON_INTERPRET was set before or after this module was imported does not matte
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -273,5 +274,18 @@ def tma_compatible(*tensors: torch.Tensor) -> bool:
     return True
 
 
+_FALLBACKS: collections.Counter = collections.Counter()
+
+
 def note_fallback(op: str, why: str) -> None:
+    """A Triton launcher is running the torch reference instead of its kernel for this call: logged once, counted."""
+    _FALLBACKS[op] += 1
     _log_once(logging.INFO, f"greenprune '{op}': {why}; using the torch reference for this call")
+
+
+def fallback_counts(since: Optional[dict] = None) -> dict[str, int]:
+    """Calls per op whose Triton implementation ran the torch reference instead (note_fallback), since import or,
+    given an earlier result, since then: the kernel tests and the benchmarks check that what they report under a
+    kernel's name came from the kernel."""
+    since = since or {}
+    return {op: n - since.get(op, 0) for op, n in _FALLBACKS.items() if n > since.get(op, 0)}

@@ -241,6 +241,8 @@ def _launch_lm_head_topk(h, w_kept, kept_ids, k: int):
         raise ValueError(f"k={k} must be in [1, {w_kept.shape[0]}] (the kept vocabulary)")
     h2, w, split, per_split = _prepare_head(h, w_kept)
     T = h2.shape[0]
+    if k > _MAX_TOPK:
+        note_fallback("lm_head_topk", f"k={k} is above the kernel's largest top-k ({_MAX_TOPK})")
     if T == 0 or k > _MAX_TOPK or not _tma_ok("lm_head_topk", h2, w):
         return ref.lm_head_topk(h, w_kept, kept_ids, k)
     val = torch.empty(split, T, k, device=h2.device, dtype=torch.float32)  # [S, T, k] per-split top-k

@@ -66,6 +66,8 @@ def _cuda_problem():
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: runs the compiled Triton kernels on a CUDA GPU (skipped without)")
     config.addinivalue_line("markers", "interpreter: launches Triton kernels on CPU tensors (TRITON_INTERPRET=1)")
+    config.addinivalue_line("markers", "falls_back: the test means a Triton launcher to run the torch reference "
+                            "(any other test that causes one fails: its check would compare the reference to itself)")
 
 
 def pytest_collection_finish(session):
@@ -83,14 +85,22 @@ def _triton_mode(request, monkeypatch):
         if problem:
             pytest.skip(problem)
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        return
-    if request.node.get_closest_marker("interpreter"):
-        problem = _interpreter_problem()
-        if problem and INTERPRET_SESSION:  # a mis-ordered session must not pass silently
-            pytest.fail(problem, pytrace=False)
-        if problem:
-            pytest.skip(problem)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        if request.node.get_closest_marker("interpreter"):
+            problem = _interpreter_problem()
+            if problem and INTERPRET_SESSION:  # a mis-ordered session must not pass silently
+                pytest.fail(problem, pytrace=False)
+            if problem:
+                pytest.skip(problem)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from greenprune.kernels import fallback_counts
+
+    before = fallback_counts()
+    yield
+    fell = fallback_counts(since=before)
+    if fell and not request.node.get_closest_marker("falls_back"):
+        # the result checked was the reference's, not the kernel's: the test would prove nothing
+        pytest.fail(f"Triton launchers ran the torch reference instead of their kernels: {fell}", pytrace=False)
 
 
 @pytest.fixture

@@ -123,14 +123,16 @@ def test_fake_impls_give_the_right_shapes():
 
 
 @pytest.mark.interpreter
+@pytest.mark.falls_back
 def test_unaligned_operands_fall_back_to_torch(gen, caplog):
     """TMA needs 16-byte row strides: fp16 with H = 45 (90-byte rows) runs the torch reference inside the op,
-    with the same results, and says so once in the log."""
+    with the same results, says so once in the log, and counts each such call (fallback_counts)."""
     h = 2 * torch.linalg.qr(torch.randn(45, 7, generator=gen, dtype=torch.float64))[0].T  # [7, 45] orthogonal
     w = 0.1 * torch.randn(53, 45, generator=gen, dtype=torch.float64)
     w[:7] += 3 * h  # token t's winner is row t
     h, w = h.half(), w.half()
     dispatch._log_once.cache_clear()  # the note is logged once per process
+    before = K.fallback_counts()
     with caplog.at_level("INFO", logger="greenprune.kernels"):
         assert K.lm_head_argmax(h, w).tolist() == list(range(7))
         y = K.swiglu_ffn(h, torch.cat([w[:20], w[20:40]]), w[:20].T.contiguous())
@@ -138,6 +140,7 @@ def test_unaligned_operands_fall_back_to_torch(gen, caplog):
         kl = K.kl_divergence(h, w, h, w[:40], torch.arange(40))
         assert kl.argmax_dense.tolist() == list(range(7))
     assert "16-byte aligned" in caplog.text
+    assert K.fallback_counts(since=before) == {"lm_head_argmax": 1, "swiglu_ffn": 1, "kl_divergence": 1}
 
 
 @pytest.mark.interpreter
