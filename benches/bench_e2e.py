@@ -38,18 +38,18 @@ DECODE = [1, 8, 32]
 CONTEXT = 512  # tokens already in the KV cache when decode steps are timed
 RUN = dict(device="cuda", dtype=torch.bfloat16)  # where and in what the models are built (tests/test_bench_e2e.py: CPU)
 RATIOS = {"49B/70B": 49 / 70, "35B/70B": 35 / 70}
-# lease profile (conftest.py): both ratios; FFN-only plans at every prompt length and batch (eager), the fused
-# ops at decode and one prompt length, the layer- and KV-removing variants at batch-1 decode; the whole models
-# at batch-1 decode and a 2048-token prefill
+# lease profile (conftest.py), most important first: both ratios; the FFN-only plans at every decode batch, then
+# every prompt length (eager), the fused ops at decode and one prompt length, the layer- and KV-removing variants
+# at batch-1 decode; the whole models at batch-1 decode and a 2048-token prefill
 _HEADLINE = [{"mode": "decode", "batch": 1}, {"mode": "prefill", "T": 2048}]
-LEASE = {"bench_llama70b_slice": [{"variant": "ffn", "impl": "eager"},
+LEASE = {"bench_llama70b_slice": [{"variant": "ffn", "impl": "eager", "mode": "decode"},
+                                  {"variant": "ffn", "impl": "eager", "mode": "prefill"},
                                   {"variant": "ffn", "impl": "fused", "mode": "decode"},
                                   {"variant": "ffn", "impl": "fused", "mode": "prefill", "T": 2048},
                                   {"variant": "ffn+layers", "mode": "decode", "batch": 1},
                                   {"variant": "ffn+kv", "mode": "decode", "batch": 1}],
          "bench_llama7b_model": _HEADLINE,
          "bench_default_model": _HEADLINE}
-
 
 def _config(shape: ModelShape, layers: int) -> LlamaConfig:
     return LlamaConfig(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, num_hidden_layers=layers,

@@ -47,6 +47,9 @@ def run_info() -> dict:
 # names in its LEASE dict ({bench function: [param subsets]}; an item is kept when its parameters contain one
 # of the subsets): the headline figures of every op and end-to-end target, sized for a short lease of a GPU
 # (scripts/gpu_check.sh lease). Declared beside the full lists, so the subset never drifts from the suite.
+# Subsets are listed most important first, and the lease runs them in that order within each bench function,
+# after all of them the torch.compile baselines (their compilation is the slowest part): a time budget that runs
+# out cuts the least important figures.
 PROFILES = ("full", "lease")
 
 
@@ -57,12 +60,18 @@ def bench_profile() -> str:
     return profile
 
 
-def in_lease(item) -> bool:
-    """True when the module's LEASE names this item's function and one of its parameter subsets matches."""
-    lease = getattr(item.module, "LEASE", {})
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    return any(all(k in params and params[k] == v for k, v in subset.items())
-               for subset in lease.get(item.originalname, []))
+def _params(item) -> dict:
+    return getattr(getattr(item, "callspec", None), "params", {})
+
+
+def _contains(params: dict, subset: dict) -> bool:
+    return all(k in params and params[k] == v for k, v in subset.items())
+
+
+def _lease_rank(item) -> Optional[int]:
+    """Index of the first LEASE subset of the item's function that its parameters contain; None: not leased."""
+    subsets = getattr(item.module, "LEASE", {}).get(item.originalname, [])
+    return next((rank for rank, subset in enumerate(subsets) if _contains(_params(item), subset)), None)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,16 +79,21 @@ def pytest_collection_modifyitems(config, items):
         return
     for module in {it.module for it in items}:  # a subset that matches nothing is a typo: say so, never run less
         for name, subsets in getattr(module, "LEASE", {}).items():
-            params = [getattr(getattr(it, "callspec", None), "params", {}) for it in items
-                      if it.module is module and it.originalname == name]
+            params = [_params(it) for it in items if it.module is module and it.originalname == name]
             for subset in subsets:
-                if not any(all(k in p and p[k] == v for k, v in subset.items()) for p in params):
+                if not any(_contains(p, subset) for p in params):
                     raise pytest.UsageError(f"{module.__name__}.LEASE: {name} {subset} matches no benchmark")
-    kept = [it for it in items if in_lease(it)]
-    dropped = [it for it in items if not in_lease(it)]
+    ranks = {it: _lease_rank(it) for it in items}
+    dropped = [it for it in items if ranks[it] is None]
+    first_seen = {}
+    for it in items:
+        first_seen.setdefault((it.module, it.originalname), len(first_seen))
+    kept = sorted((it for it in items if ranks[it] is not None),  # stable: file order within equal keys
+                  key=lambda it: ("compile" in str(_params(it).get("impl", "")),
+                                  first_seen[(it.module, it.originalname)], ranks[it]))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    items[:] = kept
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

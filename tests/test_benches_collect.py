@@ -47,3 +47,11 @@ def test_lease_keeps_both_end_to_end_ratios_and_every_decode_batch(collected):
 def test_unknown_profile_is_refused():
     r = _run_collect("quick")
     assert r.returncode != 0 and "choose one of full, lease" in r.stdout + r.stderr
+
+
+def test_lease_runs_in_priority_order_with_the_compile_baselines_last(collected):
+    lease = collected["lease"]
+    is_compile = ["compile" in i.split("[")[1] for i in lease]
+    assert any(is_compile) and is_compile == sorted(is_compile)  # every torch.compile baseline after the rest
+    e2e = [i for i in lease if "bench_e2e.py" in i]
+    assert e2e[0].endswith("[decode-1-1-49B/70B-ffn-eager]") and e2e[1].endswith("[decode-1-1-35B/70B-ffn-eager]")
