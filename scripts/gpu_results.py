@@ -7,7 +7,8 @@ Kernel rows: device time, the achieved rate and its fraction of the ceiling meas
 speed-up over the op's baseline and the target. For every op and shape the fastest implementation measured is
 named beside the one the dispatcher picks (CUDA extension, then Triton: kernels/dispatch.py), so a dispatch
 order that loses is visible. End-to-end rows: measured speed-up, ideal (FLOPs / bytes ratio) and the fraction
-of it. Only what the JSON holds is printed; nothing is filled in.
+of it; for layer slices also the whole stack's speed-up extrapolated from them (kept layers, labelled so).
+Only what the JSON holds is printed; nothing is filled in.
 """
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def kernel_rows(data: dict) -> list[str]:
 
 
 def e2e_rows(data: dict) -> list[str]:
-    rows = ["| subject | ratio / variant | impl | mode | B | T | speed-up | ideal | of ideal | graph |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| subject | ratio / variant | impl | mode | B | T | speed-up | ideal | of ideal | stack (extrapolated) | graph |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in data["benchmarks"]:
         x, p = b.get("extra_info", {}), b.get("params", {})
         if "speedup_vs_baseline" not in x:
@@ -79,7 +80,8 @@ def e2e_rows(data: dict) -> list[str]:
         graph = x.get("graph", {}).get("cuda_graph") if isinstance(x.get("graph"), dict) else None
         rows.append(f"| {subject} | {plan} | {x.get('impl', '?')} | {p.get('mode', '?')} | {p.get('batch', '?')} | "
                     f"{p.get('T', '?')} | {x['speedup_vs_baseline']:.2f}x | {_fmt(x.get('ideal_speedup'), '.2f')}x | "
-                    f"{_fmt(x.get('frac_of_ideal_speedup'), '.0%')} | {'-' if graph is None else graph} |")
+                    f"{_fmt(x.get('frac_of_ideal_speedup'), '.0%')} | {_fmt(x.get('extrapolated_stack_speedup'), '.2f')} | "
+                f"{'-' if graph is None else graph} |")
     return rows
 
 

@@ -50,11 +50,11 @@ def test_e2e_table_and_atomic_save(tmp_path, capsys):
         _bench("bench_llama70b_slice[decode-1-1-49B/70B-ffn-eager]", "g",
                {"mode": "decode", "batch": 1, "T": 1, "ratio": "49B/70B", "variant": "ffn", "impl": "eager"},
                device_ms=1.0, speedup_vs_baseline=1.40, ideal_speedup=1.43, frac_of_ideal_speedup=1.40 / 1.43,
-               impl="eager", graph={"cuda_graph": True}),
+               impl="eager", graph={"cuda_graph": True}, extrapolated_stack_speedup=1.40),
     ])
     assert gpu_results.main([str(out_dir), "--save", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "| llama70b_slice | 49B/70B ffn | eager | decode | 1 | 1 | 1.40x | 1.43x | 98% | True |" in out
+    assert "| llama70b_slice | 49B/70B ffn | eager | decode | 1 | 1 | 1.40x | 1.43x | 98% | 1.40 | True |" in out
     saved = results / "test-gpu-2026-01-02-bench_e2e.json"
     assert json.loads(saved.read_text())["greenprune"]["gpu"] == "Test GPU"
     assert [p.name for p in results.iterdir()] == [saved.name]  # no temporary left behind
