@@ -19,10 +19,10 @@ LEASE = {"bench_channel_moments": [{"N": 16384, "C": 14336}],
 
 @pytest.mark.parametrize("impl", IMPLS + ["cuda_ext"])
 @pytest.mark.parametrize("N,C", [(4096, 4096), (16384, 4096), (16384, 14336)], ids=lambda v: str(v))
-def bench_channel_moments(request, benchmark, measure, compiled, impl, N, C):
+def bench_channel_moments(request, benchmark, measure, compiled, like, impl, N, C):
     benchmark.group = f"channel_moments N={N} C={C}"
     ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
-    x = torch.randn(N, C, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(N, C, **like)
     fns = {"triton": lambda: torch.ops.greenprune.channel_moments(x, None),
            "cuda_ext": lambda: ext.channel_moments(x, None),
            "eager": lambda: ref.channel_moments(x),
@@ -33,10 +33,10 @@ def bench_channel_moments(request, benchmark, measure, compiled, impl, N, C):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("O,C", [(4096, 14336), (8192, 28672)], ids=lambda v: str(v))
-def bench_wanda_scores(benchmark, measure, compiled, impl, O, C):
+def bench_wanda_scores(benchmark, measure, compiled, like, impl, O, C):
     benchmark.group = f"wanda_scores O={O} C={C}"
-    w = torch.randn(O, C, device="cuda", dtype=torch.bfloat16)
-    l2 = torch.rand(C, device="cuda")
+    w = torch.randn(O, C, **like)
+    l2 = torch.rand(C, device=like["device"])
     fns = {"triton": lambda: torch.ops.greenprune.wanda_scores(w, l2, 1),
            "eager": lambda: ref.wanda_scores(w, l2, 1),
            "compile": lambda c=compiled(ref.wanda_scores): c(w, l2, 1)}
@@ -47,10 +47,10 @@ def bench_wanda_scores(benchmark, measure, compiled, impl, O, C):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("O,C,dim", [(11008, 4096, 1), (4096, 11008, 0), (28672, 8192, 1), (8192, 28672, 0)],
                          ids=lambda v: str(v))
-def bench_taylor_scores(benchmark, measure, compiled, impl, O, C, dim):
+def bench_taylor_scores(benchmark, measure, compiled, like, impl, O, C, dim):
     benchmark.group = f"taylor_scores O={O} C={C} dim={dim}"
-    w = torch.randn(O, C, device="cuda", dtype=torch.bfloat16)
-    g = torch.randn(O, C, device="cuda", dtype=torch.bfloat16) * 1e-3
+    w = torch.randn(O, C, **like)
+    g = torch.randn(O, C, **like) * 1e-3
     fns = {"triton": lambda: torch.ops.greenprune.taylor_scores(w, g, dim, 1, False),
            "eager": lambda: ref.taylor_scores(w, g, dim),
            "compile": lambda c=compiled(ref.taylor_scores): c(w, g, dim)}

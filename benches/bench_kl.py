@@ -22,15 +22,14 @@ LEASE = {"bench_kl_divergence": [{"T": 8192, "H": 4096, "V": 128256, "K": 42752}
 
 @pytest.mark.parametrize("impl", ["triton", "eager", "compile"])
 @pytest.mark.parametrize("T,H,V,K", SHAPES, ids=lambda v: str(v))
-def bench_kl_divergence(benchmark, measure, compiled, impl, T, H, V, K):
+def bench_kl_divergence(benchmark, measure, compiled, like, impl, T, H, V, K):
     benchmark.group = f"kl_divergence T={T} H={H} V={V} K={K}"
-    g = torch.Generator(device="cuda").manual_seed(0)
-    bf = dict(device="cuda", dtype=torch.bfloat16)
-    hd = torch.randn(T, H, generator=g, **bf)
-    hp = hd + 0.05 * torch.randn(T, H, generator=g, **bf)
-    wd = torch.randn(V, H, generator=g, **bf) / H**0.5
-    kept = torch.randperm(V, generator=g, device="cuda")[:K].sort().values
-    wp = wd[kept] + 0.01 * torch.randn(K, H, generator=g, **bf)
+    g = torch.Generator(device=like["device"]).manual_seed(0)
+    hd = torch.randn(T, H, generator=g, **like)
+    hp = hd + 0.05 * torch.randn(T, H, generator=g, **like)
+    wd = torch.randn(V, H, generator=g, **like) / H**0.5
+    kept = torch.randperm(V, generator=g, device=like["device"])[:K].sort().values
+    wp = wd[kept] + 0.01 * torch.randn(K, H, generator=g, **like)
     fns = {"triton": lambda: torch.ops.greenprune.kl_divergence(hd, wd, hp, wp, kept),
            "eager": lambda: ref.kl_divergence(hd, wd, hp, wp, kept),
            "compile": lambda c=compiled(ref.kl_divergence): c(hd, wd, hp, wp, kept)}

@@ -17,12 +17,11 @@ LEASE = {"bench_swiglu_ffn": [{"T": 8192, "F": 14336}, {"T": 8192, "F": 9557}, {
 
 @pytest.mark.parametrize("impl", ["triton", "eager", "compile"])
 @pytest.mark.parametrize("T,H,F", SHAPES, ids=lambda v: str(v))
-def bench_swiglu_ffn(benchmark, measure, compiled, impl, T, H, F):
+def bench_swiglu_ffn(benchmark, measure, compiled, like, impl, T, H, F):
     benchmark.group = f"swiglu_ffn T={T} H={H} F={F}"
-    bf = dict(device="cuda", dtype=torch.bfloat16)
-    x = torch.randn(T, H, **bf)
-    wgu = fuse_gate_up(torch.randn(F, H, **bf) / H**0.5, torch.randn(F, H, **bf) / H**0.5)
-    wd = torch.randn(H, F, **bf) / F**0.5
+    x = torch.randn(T, H, **like)
+    wgu = fuse_gate_up(torch.randn(F, H, **like) / H**0.5, torch.randn(F, H, **like) / H**0.5)
+    wd = torch.randn(H, F, **like) / F**0.5
     fns = {"triton": lambda: torch.ops.greenprune.swiglu_ffn(x, wgu, wd),
            "eager": lambda: ref.swiglu_ffn(x, wgu, wd),
            "compile": lambda c=compiled(ref.swiglu_ffn): c(x, wgu, wd)}

@@ -19,19 +19,18 @@ LEASE = {"bench_lm_head_argmax": [{"T": 1, "V": 128256}, {"T": 4096, "V": 128256
          "bench_remapped_embedding": [{"H": 4096}]}
 
 
-def _head(T, H, V, K):
-    bf = dict(device="cuda", dtype=torch.bfloat16)
-    h, w_full = torch.randn(T, H, **bf), torch.randn(V, H, **bf) / H**0.5
-    kept = torch.randperm(V, device="cuda")[:K].sort().values
+def _head(like, T, H, V, K):
+    h, w_full = torch.randn(T, H, **like), torch.randn(V, H, **like) / H**0.5
+    kept = torch.randperm(V, device=like["device"])[:K].sort().values
     return h, w_full, w_full[kept].contiguous(), kept
 
 
 @pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager_kept", "eager_full", "compile_kept"])
 @pytest.mark.parametrize("T,H,V,K", HEADS, ids=lambda v: str(v))
-def bench_lm_head_argmax(request, benchmark, measure, compiled, impl, T, H, V, K):
+def bench_lm_head_argmax(request, benchmark, measure, compiled, like, impl, T, H, V, K):
     benchmark.group = f"lm_head_argmax T={T} H={H} V={V} K={K}"
     ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
-    h, w_full, w_kept, kept = _head(T, H, V, K)
+    h, w_full, w_kept, kept = _head(like, T, H, V, K)
     fns = {"triton": lambda: torch.ops.greenprune.lm_head_argmax(h, w_kept, kept),
            "cuda_ext": lambda: ext.lm_head_argmax(h, w_kept, kept),
            "eager_kept": lambda: ref.lm_head_argmax(h, w_kept, kept),
@@ -44,10 +43,10 @@ def bench_lm_head_argmax(request, benchmark, measure, compiled, impl, T, H, V, K
 
 @pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager_kept", "eager_full"])
 @pytest.mark.parametrize("T,H,V,K", HEADS[:2], ids=lambda v: str(v))
-def bench_lm_head_topk(request, benchmark, measure, impl, T, H, V, K, k=8):
+def bench_lm_head_topk(request, benchmark, measure, like, impl, T, H, V, K, k=8):
     benchmark.group = f"lm_head_topk k={k} T={T} H={H} V={V} K={K}"
     ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
-    h, w_full, w_kept, kept = _head(T, H, V, K)
+    h, w_full, w_kept, kept = _head(like, T, H, V, K)
     fns = {"triton": lambda: torch.ops.greenprune.lm_head_topk(h, w_kept, kept, k),
            "cuda_ext": lambda: ext.lm_head_topk(h, w_kept, kept, k),
            "eager_kept": lambda: ref.lm_head_topk(h, w_kept, kept, k),
@@ -59,13 +58,13 @@ def bench_lm_head_topk(request, benchmark, measure, impl, T, H, V, K, k=8):
 
 @pytest.mark.parametrize("impl", ["triton", "cuda_ext", "eager"])
 @pytest.mark.parametrize("N,H,V,K", [(16384, 4096, 128256, 42752), (16384, 8192, 128256, 42752)], ids=lambda v: str(v))
-def bench_remapped_embedding(request, benchmark, measure, impl, N, H, V, K):
+def bench_remapped_embedding(request, benchmark, measure, like, impl, N, H, V, K):
     benchmark.group = f"remapped_embedding N={N} H={H} K={K}"
     ext = request.getfixturevalue("cuda_ext") if impl == "cuda_ext" else None
-    w = torch.randn(K, H, device="cuda", dtype=torch.bfloat16)
-    kept = torch.randperm(V, device="cuda")[:K]
+    w = torch.randn(K, H, **like)
+    kept = torch.randperm(V, device=like["device"])[:K]
     id_map = build_id_map(kept, V)
-    ids = kept[torch.randint(0, K, (N,), device="cuda")]
+    ids = kept[torch.randint(0, K, (N,), device=like["device"])]
     fns = {"triton": lambda: torch.ops.greenprune.remapped_embedding(ids, id_map, w, 0),
            "cuda_ext": lambda: ext.remapped_embedding(ids, id_map, w, 0),
            "eager": lambda: ref.remapped_embedding(ids, id_map, w, 0)}

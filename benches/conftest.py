@@ -208,6 +208,13 @@ def cuda_graphed(*fns: Callable) -> tuple[list[Callable], dict]:
 
 
 @pytest.fixture
+def like() -> dict:
+    """Where and in what the kernel benchmarks make their inputs (tests/kernels/test_kernels_benches.py calls the
+    bench functions with CPU tensors under the Triton interpreter, at tiny shapes)."""
+    return dict(device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.fixture
 def cuda_ext():
     """torch.ops.greenprune_cuda (the csrc/ extension), or skip the `cuda_ext` implementation, saying why.
     Requested through request.getfixturevalue only by the cuda_ext parametrisations."""
