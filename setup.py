@@ -27,6 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["greenprune", "greenprune.*"]) + ["greenprune.kernels"],
     package_dir={"greenprune.kernels": "kernels"},
+    package_data={"greenprune.kernels": ["dispatch_table.json"]},
     install_requires=[
         # torch is pinned by the Makefile (a CPU build); any recent torch works for users with a GPU.
         "torch>=2.4",

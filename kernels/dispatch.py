@@ -1,12 +1,15 @@
 """Backend selection for greenprune's ops: CUDA extension -> Triton -> torch reference.
 
-Order in `auto` mode (the default), per call, from the op's tensor arguments:
+Order in `auto` mode (the default), per call, from the op's tensor arguments; the first that can run the call wins:
   1. "cuda":   the compiled extension (`greenprune._C` from csrc/, ops under `torch.ops.greenprune_cuda`,
                same schemas as `torch.ops.greenprune`), when it is installed, has the op, and every tensor is
                on a CUDA device. Optional: built with GREENPRUNE_BUILD_CUDA (see csrc/README.md).
   2. "triton": when triton imports, the op has a Triton kernel, and the tensors are on CUDA, or
                TRITON_INTERPRET=1 is set (the Triton interpreter runs the kernels on CPU tensors: tests only).
   3. "torch":  the pure-torch reference in reference.py, always available.
+On a GPU that the benchmarks have measured (its name in dispatch_table.json, written by scripts/gpu_results.py
+--save), the backends measured for the op and the call's size class (decode: at most 64 rows; bulk) are tried
+fastest first instead, then the others in the order above: see measured_order.
 
 `GREENPRUNE_BACKEND=torch|triton|cuda|auto` forces one (read at every call, so tests may monkeypatch it).
 Forcing a backend that cannot run the call raises BackendUnavailable with the reason, rather than silently
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import os
 import types
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -107,6 +112,55 @@ def _why_not(backend: str, op: str, tensors: list[torch.Tensor]) -> Optional[str
     raise ValueError(f"unknown backend '{backend}'")
 
 
+# --- measured order ---------------------------------------------------------------------------------------
+# dispatch_table.json holds, per GPU name, per op and size class, the backends in the order the benchmarks
+# measured them (fastest first); scripts/gpu_results.py --save writes it from a run's bench_kernels.json.
+DISPATCH_TABLE = Path(__file__).with_name("dispatch_table.json")
+DECODE_ROWS = 64  # calls on at most this many rows (tokens) form the "decode" size class, larger ones "bulk"
+
+
+def size_class(rows: int) -> str:
+    return "decode" if rows <= DECODE_ROWS else "bulk"
+
+
+def call_rows(t: torch.Tensor) -> int:
+    """Rows of an op's first tensor argument: token ids count one each, other tensors by their last dimension."""
+    if t.dim() == 0:
+        return 1
+    return t.numel() if not t.is_floating_point() else t.numel() // max(t.shape[-1], 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_table() -> dict:
+    try:
+        return json.loads(DISPATCH_TABLE.read_text()).get("gpus", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as exc:  # a broken table must not break the ops: default order
+        log.warning("greenprune: ignoring %s (%s): default dispatch order", DISPATCH_TABLE, exc)
+        return {}
+
+
+def measured_order(op: str, gpu_name: str, rows: int, table: Optional[dict] = None) -> tuple[str, ...]:
+    """The backends to try for `op` on `gpu_name` at `rows` rows: the measured order for that size class first,
+    then the rest in the default order (cuda, triton, torch)."""
+    entry = (table if table is not None else _measured_table()).get(gpu_name, {})
+    measured = [b for b in entry.get("ops", {}).get(op, {}).get(size_class(rows), []) if b in BACKENDS]
+    return tuple(measured) + tuple(b for b in BACKENDS if b not in measured)
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def _auto_order(op: str, ts: list[torch.Tensor]) -> tuple[str, ...]:
+    if not ts or not all(t.is_cuda for t in ts):
+        return BACKENDS
+    index = ts[0].device.index if ts[0].device.index is not None else torch.cuda.current_device()
+    return measured_order(op, _gpu_name(index), call_rows(ts[0]))
+
+
 def backend_for(op: str, *tensors: torch.Tensor) -> str:
     """The backend ('cuda', 'triton' or 'torch') that runs `op` on these tensors, honouring GREENPRUNE_BACKEND."""
     if op not in _TORCH:
@@ -120,7 +174,7 @@ def backend_for(op: str, *tensors: torch.Tensor) -> str:
         if reason is not None:
             raise BackendUnavailable(f"{ENV_BACKEND}={forced} but it cannot run '{op}': {reason}")
         return forced
-    for backend in BACKENDS:
+    for backend in _auto_order(op, ts):
         reason = _why_not(backend, op, ts)
         if reason is None:
             return backend

@@ -15,7 +15,8 @@
 # Results: bench_kernels.json (channel stats, KL, SwiGLU, vocabulary: Triton vs CUDA extension vs eager vs
 # torch.compile, with the copy / GEMM ceilings measured in the same run) and bench_e2e.json (dense vs pruned
 # end to end); the last lines printed are their tables (scripts/gpu_results.py). Copy them to benches/results/
-# with `python scripts/gpu_results.py DIR --save benches/results`. At most 8 files land in $OUT
+# with `python scripts/gpu_results.py DIR --save benches/results` (which also records the measured dispatch order
+# in kernels/dispatch_table.json). At most 8 files land in $OUT
 # (environment.json, gpu_check.log, build.log and a log per test/bench step), what the device tool brings back.
 #
 # Needs a CUDA build of torch with pytest (+ pytest-benchmark for the benches), ninja and nvcc (PATH,

@@ -1,19 +1,22 @@
 """Read the benchmark JSON of a GPU run (scripts/gpu_check.sh) and print it as the README's tables.
 
-    python scripts/gpu_results.py OUT_DIR                       # tables of every bench_*.json in OUT_DIR
+    python scripts/gpu_results.py OUT_DIR                          # tables of every bench_*.json in OUT_DIR
     python scripts/gpu_results.py OUT_DIR --save benches/results   # also copy them as <gpu>-<date>-<suite>.json
+                                                                   # and record the measured dispatch order
 
 Kernel rows: device time, the achieved rate and its fraction of the ceiling measured in the same run, the
-speed-up over the op's baseline and the target. For every op and shape the fastest implementation measured is
-named beside the one the dispatcher picks (CUDA extension, then Triton: kernels/dispatch.py), so a dispatch
-order that loses is visible. End-to-end rows: measured speed-up, ideal (FLOPs / bytes ratio) and the fraction
-of it; for layer slices also the whole stack's speed-up extrapolated from them (kept layers, labelled so).
-Only what the JSON holds is printed; nothing is filled in.
+speed-up over the op's baseline and the target. Then, per op and size class (decode: at most 64 rows; bulk),
+the dispatch backends in measured order (geometric mean over the shapes of each one's time over the fastest's);
+--save merges that order under the GPU's name into kernels/dispatch_table.json, which the dispatcher follows on
+that GPU, so its choice per op is the fastest measured there. End-to-end rows: measured speed-up, ideal (FLOPs /
+bytes ratio) and the fraction of it; for layer slices also the whole stack's speed-up extrapolated from them
+(kept layers, labelled so). Only what the JSON holds is printed or recorded; nothing is filled in.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -21,7 +24,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-DISPATCH_ORDER = ("cuda_ext", "triton")  # what `auto` runs on CUDA tensors when both exist (kernels/dispatch.py)
+from greenprune.kernels.dispatch import BACKENDS, DISPATCH_TABLE, size_class  # the dispatcher's own size classes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+IMPL_BACKEND = {"cuda_ext": "cuda", "triton": "triton", "eager": "torch", "eager_kept": "torch"}  # same function
+ROWS_PARAM = {"channel_moments": "N", "wanda_scores": "O", "taylor_scores": "O", "kl_divergence": "T",
+              "swiglu_ffn": "T", "lm_head_argmax": "T", "lm_head_topk": "T", "remapped_embedding": "N"}
 
 
 def load(path: Path) -> dict:
@@ -43,29 +52,64 @@ def _op(bench: dict) -> str:
 
 
 def kernel_rows(data: dict) -> list[str]:
-    """One markdown row per kernel benchmark, plus a line per op/shape naming the fastest implementation."""
+    """One markdown row per kernel benchmark."""
     rows = ["| op / shape | impl | ms | rate | of ceiling | speed-up (baseline) | target |", "|---|---|---|---|---|---|---|"]
-    by_group: dict[str, dict[str, float]] = defaultdict(dict)
     for b in data["benchmarks"]:
         x, impl = b.get("extra_info", {}), b.get("params", {}).get("impl", "?")
         if "device_ms" not in x:
             continue
-        by_group[b.get("group") or _op(b)][impl] = x["device_ms"]
         rate = (f"{x['GBps']:.0f} GB/s" if "GBps" in x and "TFLOPs" not in x else
                 f"{x['TFLOPs']:.0f} TFLOP/s" if "TFLOPs" in x else "-")
         frac = x.get("frac_of_cublas_bf16", x.get("frac_of_copy_bw"))
         target = next((f"{k.removeprefix('target_')} {v:.3g}" for k, v in x.items() if k.startswith("target_")), "-")
         rows.append(f"| {b.get('group') or _op(b)} | {impl} | {x['device_ms']:.4g} | {rate} | "
-                    f"{_fmt(frac, '.0%')} | {_fmt(x.get('speedup_vs_baseline'), '.2f')} "
-                    f"| {target} |")
-    notes = []
-    for group, times in by_group.items():
-        fastest = min(times, key=times.get)
-        picked = next((i for i in DISPATCH_ORDER if i in times), None)
-        if picked is not None and picked != fastest:
-            notes.append(f"- {group}: dispatch picks {picked} ({times[picked]:.4g} ms), fastest measured {fastest} "
-                         f"({times[fastest]:.4g} ms)")
-    return rows + ([""] + notes if notes else [])
+                    f"{_fmt(frac, '.0%')} | {_fmt(x.get('speedup_vs_baseline'), '.2f')} | {target} |")
+    return rows
+
+
+def dispatch_orders(data: dict) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """{op: {size class: [(backend, geometric mean of its time / the fastest's over the shapes), ...]}}, fastest
+    first, from the implementations that compute the op's own function (not torch.compile, not the full head)."""
+    times: dict = defaultdict(lambda: defaultdict(dict))  # (op, class) -> shape -> backend -> ms
+    for b in data["benchmarks"]:
+        op, p, x = _op(b), b.get("params", {}), b.get("extra_info", {})
+        backend = IMPL_BACKEND.get(p.get("impl"))
+        if backend is None or op not in ROWS_PARAM or "device_ms" not in x or ROWS_PARAM[op] not in p:
+            continue
+        shape = tuple(sorted((k, v) for k, v in p.items() if k != "impl"))
+        times[(op, size_class(p[ROWS_PARAM[op]]))][shape][backend] = x["device_ms"]
+    orders: dict = defaultdict(dict)
+    for (op, cls), shapes in times.items():
+        ratios = defaultdict(list)
+        for by_backend in shapes.values():
+            best = min(by_backend.values())
+            for backend, ms in by_backend.items():
+                ratios[backend].append(ms / best)
+        mean = {bk: math.exp(sum(map(math.log, r)) / len(r)) for bk, r in ratios.items()}
+        orders[op][cls] = sorted(mean.items(), key=lambda kv: (kv[1], BACKENDS.index(kv[0])))
+    return dict(orders)
+
+
+def order_rows(orders: dict) -> list[str]:
+    rows = ["| op | size class | measured order (time / fastest) | default order would pick |", "|---|---|---|---|"]
+    for op, classes in sorted(orders.items()):
+        for cls, ranked in sorted(classes.items()):
+            default = next(b for b in BACKENDS if b in dict(ranked))
+            note = default if default == ranked[0][0] else f"{default} ({dict(ranked)[default]:.2f}x the fastest)"
+            rows.append(f"| {op} | {cls} | {', '.join(f'{b} {r:.2f}' for b, r in ranked)} | {note} |")
+    return rows
+
+
+def record_orders(orders: dict, gpu: str, source: str, table_path: Path = DISPATCH_TABLE) -> None:
+    """Merge the measured orders under `gpu` into the dispatch table, written aside and renamed into place."""
+    table = json.loads(table_path.read_text()) if table_path.exists() else {"gpus": {}}
+    entry = table.setdefault("gpus", {}).setdefault(gpu, {"ops": {}})
+    for op, classes in orders.items():
+        entry["ops"].setdefault(op, {}).update({cls: [b for b, _ in ranked] for cls, ranked in classes.items()})
+    entry["source"] = source
+    tmp = table_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(table, indent=2) + "\n")
+    os.replace(tmp, table_path)
 
 
 def e2e_rows(data: dict) -> list[str]:
@@ -101,7 +145,9 @@ def slug(text: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--save", type=Path, help="copy each JSON here as <gpu>-<date>-<suite>.json")
+    ap.add_argument("--save", type=Path, help="copy each JSON here as <gpu>-<date>-<suite>.json and record the "
+                    "measured dispatch order")
+    ap.add_argument("--table", type=Path, default=DISPATCH_TABLE, help="the dispatch table --save updates")
     args = ap.parse_args(argv)
     files = sorted(args.out_dir.glob("bench_*.json"))
     if not files:
@@ -110,7 +156,11 @@ def main(argv=None) -> int:
     for f in files:
         data = load(f)
         print(f"\n## {f.stem}: {len(data['benchmarks'])} benchmarks\n{header(data)}\n")
-        print("\n".join(e2e_rows(data) if f.stem.endswith("e2e") else kernel_rows(data)))
+        e2e = f.stem.endswith("e2e")
+        print("\n".join(e2e_rows(data) if e2e else kernel_rows(data)))
+        orders = {} if e2e else dispatch_orders(data)
+        if orders:
+            print("\n" + "\n".join(order_rows(orders)))
         if args.save:
             g = data.get("greenprune", {})
             dest = args.save / f"{slug(g.get('gpu', 'gpu'))}-{str(g.get('date', 'undated'))[:10]}-{f.stem}.json"
@@ -118,6 +168,10 @@ def main(argv=None) -> int:
             shutil.copyfile(f, dest.with_suffix(".json.tmp"))  # aside, then renamed: never a half-written file
             os.replace(dest.with_suffix(".json.tmp"), dest)
             print(f"\nsaved {dest}")
+            if orders and "gpu" in g:
+                record_orders(orders, g["gpu"], f"{dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}",
+                              args.table)
+                print(f"dispatch order for {g['gpu']} recorded in {args.table}")
     return 0
 
 

@@ -213,3 +213,35 @@ def test_ops_compile_without_graph_breaks(gen):
         for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
             assert a.shape == b.shape and a.dtype == b.dtype, name
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_measured_order_puts_the_measured_backends_first_by_size_class():
+    table = {"GPU A": {"ops": {"lm_head_argmax": {"decode": ["cuda", "triton"], "bulk": ["triton", "torch", "cuda"]},
+                               "swiglu_ffn": {"decode": ["torch", "bogus"]}}}}
+    assert dispatch.measured_order("lm_head_argmax", "GPU A", 64, table) == ("cuda", "triton", "torch")
+    assert dispatch.measured_order("lm_head_argmax", "GPU A", 65, table) == ("triton", "torch", "cuda")
+    assert dispatch.measured_order("swiglu_ffn", "GPU A", 1, table) == ("torch", "cuda", "triton")  # unknown names dropped
+    assert dispatch.measured_order("swiglu_ffn", "GPU B", 1, table) == dispatch.BACKENDS
+    assert dispatch.call_rows(torch.zeros(2, 3, 576)) == 6 and dispatch.call_rows(torch.zeros(2, 7, dtype=torch.long)) == 14
+
+
+def test_committed_dispatch_table_reads(monkeypatch):
+    """The table shipped with the package parses (an unreadable one is logged and ignored, never fatal)."""
+    dispatch._measured_table.cache_clear()
+    assert isinstance(dispatch._measured_table(), dict)
+    monkeypatch.setattr(dispatch, "DISPATCH_TABLE", dispatch.DISPATCH_TABLE.with_name("no-such-table.json"))
+    dispatch._measured_table.cache_clear()
+    assert dispatch._measured_table() == {}
+    dispatch._measured_table.cache_clear()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_follows_the_measured_order_on_this_gpu(monkeypatch):
+    h, w = torch.randn(1, 64, device="cuda"), torch.randn(100, 64, device="cuda")
+    name = torch.cuda.get_device_name()
+    for order, want in ((["torch"], "torch"), (["triton", "cuda"], "triton")):
+        monkeypatch.setattr(dispatch, "_measured_table", lambda: {name: {"ops": {"lm_head_argmax": {"decode": order}}}})
+        assert dispatch.backend_for("lm_head_argmax", h, w) == want
+    monkeypatch.setattr(dispatch, "_measured_table", lambda: {name: {"ops": {"lm_head_argmax": {"bulk": ["torch"]}}}})
+    assert dispatch.backend_for("lm_head_argmax", h, w) == ("cuda" if K.dispatch._cuda_op("lm_head_argmax") else "triton")
