@@ -33,8 +33,8 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
 info() { echo "gpu_check: $*" | tee -a "$OUT/gpu_check.log" >&2; }
 
-# Relative time of each step in a budgeted run, in seconds of the default budget (estimated on the CPU machine from compile and shape counts;
-# adjust with measured step times, which gpu_check.log records).
+# Relative time of each step in a budgeted run, in seconds of the default budget (estimated on the CPU machine
+# from compile and shape counts; replace them with the measured step times that gpu_check.log records).
 declare -A STEP_SHARES=([build]=90 [test]=120 [bench-kernels]=170 [bench-e2e]=160)
 BUDGET_S="${GPU_CHECK_BUDGET_S:-}"
 STEP_TIMEOUT=""  # set per step by step_budget; empty: no limit
@@ -98,8 +98,12 @@ build() {
   fi
   info "building greenprune._C for compute capability $GREENPRUNE_CUDA_ARCH with $MAX_JOBS jobs"
   local t0=$SECONDS
-  if GREENPRUNE_BUILD_CUDA=1 limited "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+  GREENPRUNE_BUILD_CUDA=1 limited "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+  local rc=$?
+  if [ "$rc" -eq 0 ]; then
     info "built and installed in place (pip -e) in $((SECONDS - t0)) s"
+  elif [ "$rc" -eq 124 ]; then
+    info "BUILD FAILED: pip -e reached the step's limit (see build.log)"; return 124
   else
     info "pip -e failed (see build.log); building in place with setup.py build_ext --inplace"
     GREENPRUNE_BUILD_CUDA=1 limited "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { info "BUILD FAILED"; return 1; }
