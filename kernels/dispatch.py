@@ -11,7 +11,8 @@ On a GPU that the benchmarks have measured (its name in dispatch_table.json, wri
 --save), the backends measured for the op and the call's size class (decode: at most 64 rows; bulk) are tried
 fastest first instead, then the others in the order above: see measured_order.
 
-`GREENPRUNE_BACKEND=torch|triton|cuda|auto` forces one (read at every call, so tests may monkeypatch it).
+`GREENPRUNE_BACKEND=torch|triton|cuda|auto` forces one (read at every call, so tests may monkeypatch it; under
+torch.compile the choice is made once, when the call is traced, and the compiled graph keeps it).
 Forcing a backend that cannot run the call raises BackendUnavailable with the reason, rather than silently
 measuring or testing something else. A GPU is never needed at import: a failed triton import is logged and
 every op falls back to torch.
@@ -183,9 +184,14 @@ def backend_for(op: str, *tensors: torch.Tensor) -> str:
     raise AssertionError("unreachable: the torch backend always runs")
 
 
+@torch.compiler.assume_constant_result
+def _traced_choice(op: str, *tensors: torch.Tensor) -> str:
+    return backend_for(op, *tensors)
+
+
 def call(op: str, *args, **kwargs):
     """Run `op` on the backend picked by backend_for (tensor arguments decide)."""
-    backend = backend_for(op, *args, *kwargs.values())
+    backend = (_traced_choice if torch.compiler.is_compiling() else backend_for)(op, *args, *kwargs.values())
     if backend == "cuda":
         return _cuda_op(op)(*args, **kwargs)
     return (_TRITON if backend == "triton" else _TORCH)[op](*args, **kwargs)

@@ -245,3 +245,31 @@ def test_auto_follows_the_measured_order_on_this_gpu(monkeypatch):
         assert dispatch.backend_for("lm_head_argmax", h, w) == want
     monkeypatch.setattr(dispatch, "_measured_table", lambda: {name: {"ops": {"lm_head_argmax": {"bulk": ["torch"]}}}})
     assert dispatch.backend_for("lm_head_argmax", h, w) == ("cuda" if K.dispatch._cuda_op("lm_head_argmax") else "triton")
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("interpret", [True, False], ids=["triton", "torch"])
+def test_dispatching_wrappers_compile_without_graph_breaks(gen, monkeypatch, interpret):
+    """What models call (greenprune.kernels.swiglu_ffn etc., which pick a backend per call) traces with
+    torch.compile(fullgraph=True): the choice is made once at trace time (assume_constant_result) and the chosen
+    op (an opaque custom op, or the torch reference) is traced; results equal the uncompiled call."""
+    import torch._dynamo
+
+    if not interpret:
+        monkeypatch.delenv("TRITON_INTERPRET")
+    x, w, l2 = torch.randn(2, 7, 48, generator=gen), torch.randn(53, 48, generator=gen), torch.rand(48, generator=gen)
+    wgu, wd = torch.randn(90, 48, generator=gen) / 7, torch.randn(48, 45, generator=gen) / 7
+    kept = torch.randperm(131, generator=gen)[:53].sort().values
+    calls = {
+        "channel_moments": lambda: tuple(K.channel_moments(x)),
+        "wanda_scores": lambda: K.wanda_scores(w, l2, 1),
+        "swiglu_ffn": lambda: K.swiglu_ffn(x, wgu, wd),
+        "lm_head_argmax": lambda: K.lm_head_argmax(x, w, kept),
+        "lm_head_topk": lambda: K.lm_head_topk(x[0], w, kept, 5),
+    }
+    for name, make in calls.items():
+        torch._dynamo.reset()
+        want = make()
+        got = torch.compile(make, backend="aot_eager", fullgraph=True)()
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
