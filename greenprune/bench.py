@@ -100,6 +100,8 @@ class Runner:
 
     def __init__(self, model, compile: bool, fused: bool = False):
         self.model, self.compile, self.fused = model, compile, fused
+        self.static_cache = compile  # compiled steps replay CUDA graphs: the cache must keep its addresses
+        self._caches: dict = {}  # (batch, length) -> the StaticCache reused (reset) by every repeat
         self.device = next(model.parameters()).device
         self.vocab = model.config.vocab_size
         if fused:
@@ -124,23 +126,37 @@ class Runner:
         return torch.no_grad()(lambda: self.model(x, use_cache=False))
 
     def decode(self, batch: int, prompt: int, steps: int) -> tuple[Callable[[], None], Callable[[], None]]:
-        """(setup, timed): setup fills a fresh KV cache with the prompt; timed runs `steps` greedy steps."""
+        """(setup, timed): setup fills an empty KV cache with the prompt; timed runs `steps` greedy steps.
+        With a static cache (compiled steps) every repeat resets and refills the same cache, so the CUDA graphs
+        recorded for its tensors replay instead of being recorded again inside the timed steps. The positions
+        are made once, on the device: a host tensor per step would copy (and synchronise) in every step."""
         from transformers import DynamicCache, StaticCache
 
         state = {}
         x = self.ids(batch, prompt, seed=1)
+        positions = torch.arange(prompt + steps, device=self.device)
+
+        def empty_cache():
+            if not self.static_cache:
+                return DynamicCache(config=self.model.config)
+            cache = self._caches.get((batch, prompt + steps))
+            if cache is None:
+                cache = self._caches[(batch, prompt + steps)] = StaticCache(config=self.model.config,
+                                                                             max_cache_len=prompt + steps)
+            else:
+                cache.reset()  # zeroed in place: same tensors, write position back to 0
+            return cache
 
         def setup():
-            cache = StaticCache(config=self.model.config, max_cache_len=prompt + steps) if self.compile else DynamicCache(config=self.model.config)
-            tok = self._next_tokens(input_ids=x, past_key_values=cache, use_cache=True,
-                                    cache_position=torch.arange(prompt, device=self.device))
+            cache = empty_cache()
+            tok = self._next_tokens(input_ids=x, past_key_values=cache, use_cache=True, cache_position=positions[:prompt])
             state.update(cache=cache, tok=tok)
 
         def timed():
             tok, cache = state["tok"], state["cache"]
-            for s in range(steps):
-                pos = torch.tensor([prompt + s], device=self.device)
-                tok = self._step(input_ids=tok, past_key_values=cache, use_cache=True, cache_position=pos)
+            for s in range(prompt, prompt + steps):
+                tok = self._step(input_ids=tok, past_key_values=cache, use_cache=True, cache_position=positions[s:s + 1])
+            return tok
 
         return torch.no_grad()(setup), torch.no_grad()(timed)
 

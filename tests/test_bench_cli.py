@@ -103,3 +103,25 @@ def test_load_model_with_device_map(tiny_dir, device_map):
         assert torch.equal(a(ids).logits, b(ids).logits)
     with pytest.raises(GreenpruneError, match="cannot load model"):
         load_model(str(tiny_dir), device_map="no-such-device")
+
+
+def test_decode_repeats_reuse_one_static_cache_and_agree_with_a_dynamic_one(tiny_dir):
+    """--compile decodes on a StaticCache that every repeat resets and refills (the compiled step's CUDA graphs
+    keep its tensors' addresses); here uncompiled on the CPU: one cache for all repeats, the same tokens each
+    repeat, and the same tokens as decoding on a DynamicCache."""
+    from greenprune.bench import Runner
+
+    model, _ = load_model(str(tiny_dir))
+    static, dynamic = Runner(model, compile=False), Runner(model, compile=False)
+    static.static_cache = True
+
+    def decode(runner):
+        setup, timed = runner.decode(2, 4, 3)
+        setup()
+        return timed()
+
+    first = decode(static)
+    (cache,) = static._caches.values()
+    again = decode(static)
+    assert list(static._caches.values()) == [cache] and type(cache).__name__ == "StaticCache"
+    assert torch.equal(first, again) and torch.equal(first, decode(dynamic)) and not dynamic._caches
