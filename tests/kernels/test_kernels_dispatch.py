@@ -182,12 +182,23 @@ def test_autotuned_launch_path(monkeypatch, gen):
     torch.testing.assert_close(picked, logits[:, kept].amax(1), rtol=0, atol=1e-5)
 
 
+def _compiles_like_eager(calls: dict) -> None:
+    """Each call, compiled with fullgraph=True (aot_eager), gives the uncompiled call's outputs."""
+    import torch._dynamo
+
+    for name, make in calls.items():
+        torch._dynamo.reset()
+        want = make()
+        got = torch.compile(make, backend="aot_eager", fullgraph=True)()
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
 @pytest.mark.interpreter
 def test_ops_compile_without_graph_breaks(gen):
     """torch.compile(fullgraph=True) traces every greenprune op through its fake impl (aot_eager: Dynamo and
     AOTAutograd on fake tensors, then the real kernels run) and gives the uncompiled op's results."""
-    import torch._dynamo
-
     ops = torch.ops.greenprune
     x, w = torch.randn(2, 7, 48, generator=gen), torch.randn(53, 48, generator=gen)
     g, l2, wv = torch.randn(53, 48, generator=gen), torch.rand(48, generator=gen), torch.randn(131, 48, generator=gen)
@@ -206,13 +217,7 @@ def test_ops_compile_without_graph_breaks(gen):
         "lm_head_argmax": lambda: ops.lm_head_argmax(x, w, kept),
         "lm_head_topk": lambda: ops.lm_head_topk(x[0], w, kept, 5),
     }
-    for name, make in calls.items():
-        torch._dynamo.reset()
-        want = make()
-        got = torch.compile(make, backend="aot_eager", fullgraph=True)()
-        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
-            assert a.shape == b.shape and a.dtype == b.dtype, name
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    _compiles_like_eager(calls)
 
 
 def test_measured_order_puts_the_measured_backends_first_by_size_class():
@@ -253,8 +258,6 @@ def test_dispatching_wrappers_compile_without_graph_breaks(gen, monkeypatch, int
     """What models call (greenprune.kernels.swiglu_ffn etc., which pick a backend per call) traces with
     torch.compile(fullgraph=True): the choice is made once at trace time (assume_constant_result) and the chosen
     op (an opaque custom op, or the torch reference) is traced; results equal the uncompiled call."""
-    import torch._dynamo
-
     if not interpret:
         monkeypatch.delenv("TRITON_INTERPRET")
     x, w, l2 = torch.randn(2, 7, 48, generator=gen), torch.randn(53, 48, generator=gen), torch.rand(48, generator=gen)
@@ -267,9 +270,4 @@ def test_dispatching_wrappers_compile_without_graph_breaks(gen, monkeypatch, int
         "lm_head_argmax": lambda: K.lm_head_argmax(x, w, kept),
         "lm_head_topk": lambda: K.lm_head_topk(x[0], w, kept, 5),
     }
-    for name, make in calls.items():
-        torch._dynamo.reset()
-        want = make()
-        got = torch.compile(make, backend="aot_eager", fullgraph=True)()
-        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    _compiles_like_eager(calls)
