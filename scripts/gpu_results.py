@@ -125,7 +125,7 @@ def e2e_rows(data: dict) -> list[str]:
         rows.append(f"| {subject} | {plan} | {x.get('impl', '?')} | {p.get('mode', '?')} | {p.get('batch', '?')} | "
                     f"{p.get('T', '?')} | {x['speedup_vs_baseline']:.2f}x | {_fmt(x.get('ideal_speedup'), '.2f')}x | "
                     f"{_fmt(x.get('frac_of_ideal_speedup'), '.0%')} | {_fmt(x.get('extrapolated_stack_speedup'), '.2f')} | "
-                f"{'-' if graph is None else graph} |")
+                    f"{'-' if graph is None else graph} |")
     return rows
 
 
