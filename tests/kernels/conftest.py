@@ -79,6 +79,8 @@ def pytest_collection_finish(session):
 
 @pytest.fixture(autouse=True)
 def _triton_mode(request, monkeypatch):
+    """Compiled kernels for `cuda` tests, the interpreter for the rest; afterwards, a test during which a Triton
+    launcher ran the torch reference instead of its kernel fails unless it is marked `falls_back`."""
     monkeypatch.delenv("GREENPRUNE_BACKEND", raising=False)  # tests choose backends explicitly
     if request.node.get_closest_marker("cuda"):
         problem = _cuda_problem()
