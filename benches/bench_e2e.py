@@ -51,6 +51,7 @@ LEASE = {"bench_llama70b_slice": [{"variant": "ffn", "impl": "eager", "mode": "d
          "bench_llama7b_model": _HEADLINE,
          "bench_default_model": _HEADLINE}
 
+
 def _config(shape: ModelShape, layers: int) -> LlamaConfig:
     return LlamaConfig(hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, num_hidden_layers=layers,
                        num_attention_heads=shape.num_attention_heads, num_key_value_heads=shape.num_key_value_heads,

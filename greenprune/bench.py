@@ -125,8 +125,9 @@ class Runner:
             return torch.no_grad()(lambda: self._next_tokens(input_ids=x, use_cache=False))
         return torch.no_grad()(lambda: self.model(x, use_cache=False))
 
-    def decode(self, batch: int, prompt: int, steps: int) -> tuple[Callable[[], None], Callable[[], None]]:
-        """(setup, timed): setup fills an empty KV cache with the prompt; timed runs `steps` greedy steps.
+    def decode(self, batch: int, prompt: int, steps: int) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:
+        """(setup, timed): setup fills an empty KV cache with the prompt; timed runs `steps` greedy steps and
+        returns the last tokens.
         With a static cache (compiled steps) every repeat resets and refills the same cache, so the CUDA graphs
         recorded for its tensors replay instead of being recorded again inside the timed steps. The positions
         are made once, on the device: a host tensor per step would copy (and synchronise) in every step."""
