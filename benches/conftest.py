@@ -9,7 +9,6 @@ calls) are kept alongside. Run: `pytest benches --benchmark-json=benches/results
 """
 from __future__ import annotations
 
-import datetime
 import os
 import statistics
 from typing import Callable, Optional
@@ -18,18 +17,17 @@ import pytest
 import torch
 
 from greenprune import _ext
+from greenprune.runinfo import run_info as greenprune_run_info
 from greenprune.kernels import fallback_counts
 
 CEILINGS: dict = {}  # filled once per session by the `ceilings` fixture, written into the JSON
 
 
 def run_info() -> dict:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "profile": bench_profile(),
-    }
+    """greenprune.runinfo's record of the run, plus what the kernel benches also depend on: the profile, triton's
+    version and the GPU's properties."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    info = {**greenprune_run_info(dev), "profile": bench_profile()}
     try:
         import triton
 

@@ -19,8 +19,8 @@ from pathlib import Path
 def make(d: Path, pruned_dir: str = None) -> None:
     import torch
 
-    from greenprune.export import export_model
-    from greenprune.models import load_model
+    from greenprune.deploy.export import export_model
+    from greenprune.modelio.load import load_model
 
     if pruned_dir is None:
         pruned, tok, src = _tiny(d)
@@ -40,9 +40,10 @@ def _tiny(d: Path):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from greenprune.models import default_model_dir
-    from greenprune.plan import LayerPlan, ModelShape, PruningPlan
-    from greenprune.prune import prune_model
+    from greenprune.families import shape_of
+    from greenprune.modelio.load import default_model_dir
+    from greenprune.planning.plan import LayerPlan, PruningPlan
+    from greenprune.pruning.prune import prune_model
 
     tok = AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)
@@ -50,7 +51,7 @@ def _tiny(d: Path):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     dense = LlamaForCausalLM(cfg).eval()
-    shape = ModelShape.from_config(cfg)
+    shape = shape_of(cfg)
     g = torch.Generator().manual_seed(1)
     plan = PruningPlan(shape, tuple(LayerPlan(i, w, 2, tuple(sorted(torch.randperm(768, generator=g)[:w].tolist())), (0, 1))
                                     for i, w in ((0, 768), (1, 256), (3, 512))))

@@ -14,8 +14,8 @@
 # build is skipped when greenprune/_C*.so is newer than every file in csrc/ (consecutive calls on one machine).
 # Results: bench_kernels.json (channel stats, KL, SwiGLU, vocabulary: Triton vs CUDA extension vs eager vs
 # torch.compile, with the copy / GEMM ceilings measured in the same run) and bench_e2e.json (dense vs pruned
-# end to end); the last lines printed are their tables (scripts/gpu_results.py). Copy them to benches/results/
-# with `python scripts/gpu_results.py DIR --save benches/results` (which also records the measured dispatch order
+# end to end); the last lines printed are their tables (python -m greenprune.deploy.gpu_results). Copy them to benches/results/
+# with `python -m greenprune.deploy.gpu_results DIR --save benches/results` (which also records the measured dispatch order
 # in kernels/dispatch_table.json). At most 8 files land in $OUT
 # (environment.json, gpu_check.log, build.log and a log per test/bench step), what the device tool brings back.
 #
@@ -181,5 +181,6 @@ for i in "${!STEPS[@]}"; do
   info "$step: exit status $src after $((SECONDS - t0)) s$([ "$src" -eq 124 ] && echo ', interrupted at its limit')"
   [ "$step" = build ] && [ "$src" -ne 0 ] && info "build failed: the CUDA extension's tests and benches skip; Triton steps go on"
 done
-"$PY" scripts/gpu_results.py "$OUT" 2>&1 | tee -a "$OUT/gpu_check.log" || true
+"$PY" -P -c 'import greenprune.kernels' 2>/dev/null || overlay_pythonpath
+"$PY" $PYFLAGS -m greenprune.deploy.gpu_results "$OUT" 2>&1 | tee -a "$OUT/gpu_check.log" || true
 exit $rc

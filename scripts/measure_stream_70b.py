@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from greenprune.bench import device_name
-from greenprune.models import dir_size
-from greenprune.stream import StreamOptions, peak_rss_bytes, rss_bytes, stream_prune
+from greenprune.runinfo import device_name
+from greenprune.modelio.save import dir_size
+from greenprune.planning.options import PlanOptions
+from greenprune.deploy.stream import StreamOptions, peak_rss_bytes, rss_bytes, stream_prune
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     start_rss = rss_bytes()
     blocks = torch.randint(0, 32000, (a.blocks, a.seq_len), generator=torch.Generator().manual_seed(0))
-    opts = StreamOptions(ratio=a.ratio, method=a.method, align=256)
+    opts = StreamOptions(PlanOptions(ratio=a.ratio, align=256), method=a.method)
     rep = stream_prune(a.model, a.out, blocks, opts, overwrite=True, progress=False)
     mem = rep["memory"]
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from greenprune._version import __version__
-from greenprune.pipeline import JobOptions, run_prune
-from greenprune.planner import PlanOptions
+from greenprune.jobs.options import JobOptions
+from greenprune.jobs.prune import run_prune
+from greenprune.planning.options import PlanOptions
 
 UNIFIED = "greenprune unified (KL-guided: vocabulary + layers + FFN), no compensation"
 COMPENSATED = "greenprune unified + bias compensation"

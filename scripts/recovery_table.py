@@ -16,23 +16,26 @@ import argparse
 import copy
 import datetime
 import json
-import platform
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
-from greenprune import data as data_mod
+from greenprune.runinfo import machine_info
+from greenprune.data import corpus as data_mod
 from greenprune._version import __version__
-from greenprune.evaluate import bits_per_byte
-from greenprune.models import default_model_dir, load_model, num_params, write_json_atomic
-from greenprune.pipeline import REPORT_NAME, JobOptions, Timer, build_plan, heldout_texts
-from greenprune.planner import PlanOptions
-from greenprune.prune import prune_model
-from greenprune.reconstruct import compensate_, reconstruct_
-from greenprune.vocab import prune_tokenizer
+from greenprune.evaluation.metrics import bits_per_byte
+from greenprune.modelio.load import default_model_dir, load_model, num_params
+from greenprune.modelio.save import write_json_atomic
+from greenprune.modelio.reports import REPORT_NAME
+from greenprune.jobs.options import JobOptions, Timer
+from greenprune.jobs.prune import build_plan
+from greenprune.jobs.evaluate import heldout_texts
+from greenprune.planning.options import PlanOptions
+from greenprune.pruning.prune import prune_model
+from greenprune.pruning.compensation import compensate_, reconstruct_
+from greenprune.pruning.vocab import prune_tokenizer
 
 VARIANTS = ("none", "bias", "refit", "refit+bias")
 
@@ -72,8 +75,7 @@ def main():
     out = Path(a.out)
     result = json.loads(out.read_text()) if out.exists() else {"rows": []}
     result.update({"date": datetime.date.today().isoformat(), "greenprune_version": __version__,
-                   "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                               "torch": torch.__version__, "threads": torch.get_num_threads()},
+                   "machine": machine_info(),
                    "eval_tokens_per_corpus": a.eval_tokens, "seq_len": a.seq_len})
     scratch = Path(a.scratch or tempfile.mkdtemp(prefix="gp-recovery-"))
 
@@ -134,7 +136,8 @@ def main():
 def lora_row(a, scratch: Path, start: Path, ratio: float, label: str, sets, d, dense, reference=None) -> dict:
     """LoRA recovery of the model in `start` toward `reference` (None: the dense model its report names) with the
     script's options, scored like every other row."""
-    from greenprune.recover import RecoverOptions, run_recover
+    from greenprune.recovery.options import RecoverOptions
+    from greenprune.recovery.job import run_recover
 
     tag = "-".join(Path(x).name.replace(":", "_") for x in a.lora_data) + f"-ce{a.ce_weight}-s{a.steps}"
     out = scratch / f"{start.name}-lora-{tag}"

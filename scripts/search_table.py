@@ -14,14 +14,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from greenprune.evaluate import bits_per_byte
-from greenprune.models import write_json_atomic
-from greenprune.plan import PruningPlan
-from greenprune.pipeline import JobOptions, heldout_texts
-from greenprune.prune import prune_model
-from greenprune.search import SearchContext, SearchOptions, machine_info, run_search
-from greenprune.search_plots import plot_convergence
-from greenprune.vocab import prune_tokenizer
+from greenprune.evaluation.metrics import bits_per_byte
+from greenprune.modelio.save import write_json_atomic
+from greenprune.planning.plan import PruningPlan
+from greenprune.jobs.options import JobOptions
+from greenprune.jobs.evaluate import heldout_texts
+from greenprune.pruning.prune import prune_model
+from greenprune.search.search import SEARCH_PLAN, SearchContext, SearchOptions, run_search
+from greenprune.runinfo import machine_info
+from greenprune.search.plots import plot_convergence
+from greenprune.pruning.vocab import prune_tokenizer
 
 
 def evaluate_plan(ctx, plan, sets, seq_len):
@@ -45,7 +47,7 @@ def main():
     ap.add_argument("--out", default="benches/results/search_cpu.json")
     a = ap.parse_args()
     t_all = time.perf_counter()
-    base = SearchOptions(ratio=a.ratios[0], generations=a.generations, population=a.population,
+    base = SearchOptions(plan=replace(SEARCH_PLAN, ratio=a.ratios[0]), generations=a.generations, population=a.population,
                          fitness_tokens=a.fitness_tokens, stage1_tokens=a.stage1_tokens, llm_max_tokens=a.llm_max_tokens,
                          seed=a.seed, overwrite=True, progress=False)
     ctx = SearchContext(base)
@@ -58,10 +60,10 @@ def main():
                   f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                   for k, v in vars(a).items() if not isinstance(v, bool)) + (" --no-llm" if a.no_llm else ""),
               "machine": machine_info(), "dense_bpb": dense, "eval_tokens_per_corpus": a.eval_tokens,
-              "search_options": {k: v for k, v in vars(base).items() if k not in ("out", "overwrite", "progress")},
+              "search_options": {k: v for k, v in base.flat().items() if k not in ("out", "overwrite", "progress")},
               "ratios": {}, "operators": {}}
     for ratio in a.ratios:
-        opts = replace(base, ratio=ratio, out=f"{a.runs}/r{round(ratio * 100)}-numeric")
+        opts = replace(base, plan=replace(base.plan, ratio=ratio), out=f"{a.runs}/r{round(ratio * 100)}-numeric")
         space = ctx.space(opts)
         summary = run_search(opts, ctx)
         runs = {"numeric": summary}

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def default_dir():
     """The embedded default model (converted from GGUF once, then cached as safetensors)."""
-    from greenprune.models import default_model_dir
+    from greenprune.modelio.load import default_model_dir
 
     return default_model_dir()
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from greenprune.families import shape_of
 from greenprune.errors import GreenpruneError
-from greenprune.plan import LayerPlan, ModelShape, PruningPlan
-from greenprune.prune import prune_model
-from greenprune.reconstruct import enable_output_biases_
+from greenprune.planning.plan import LayerPlan, PruningPlan
+from greenprune.pruning.prune import prune_model
+from greenprune.pruning.compensation import enable_output_biases_
 from greenprune.serving import FusedSwiGLU, fuse_for_serving, greedy_step
 from helpers import tiny_model
 
@@ -25,7 +26,7 @@ def pruned_pair(gen):
     """(eager pruned model, fused copy): unaligned per-layer widths (37, 64, 5), one layer removed, random
     nonzero down_proj biases (as bias compensation leaves them)."""
     dense = tiny_model(layers=4, hidden=64, ffn=96, heads=4, kv_heads=2)
-    shape = ModelShape.from_config(dense.config)
+    shape = shape_of(dense.config)
     keep = lambda w: tuple(sorted(torch.randperm(96, generator=gen)[:w].tolist()))  # noqa: E731
     plan = PruningPlan(shape, tuple(LayerPlan(i, w, 2, keep(w), (0, 1)) for i, w in ((0, 37), (1, 64), (3, 5))))
     eager = prune_model(dense, plan)

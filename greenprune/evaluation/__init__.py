@@ -1,0 +1,2 @@
+"""Evaluation: how close a pruned model stays to its dense one (bits per byte, KL, agreement, next-line match,
+speed) and how it does on the tasks its users run."""

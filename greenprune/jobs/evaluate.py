@@ -1,0 +1,71 @@
+"""The eval job, and the evaluation of a pruned model against its dense one that the prune job reports."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..data import corpus
+from ..evaluation.metrics import (agreement, bits_per_byte, cpu_tokens_per_second, generate_code,
+                                  next_line_exact_match, next_line_samples)
+from ..modelio.load import load_model, num_params
+from ..modelio.save import dir_size
+from ..pruning.vocab_map import plan_of, vocab_mapping
+from .options import JobOptions, Timer
+
+SIGNATURE_PROMPT = 'def is_palindrome(s: str) -> bool:\n    """Return True if s reads the same backwards."""\n'
+
+
+def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dict[str, list[str]],
+                  opts: JobOptions, timer: Timer) -> dict:
+    out = {"dense": {}, "pruned": {}}
+    for name, texts in heldout.items():
+        with timer(f"eval_{name}"):
+            d = bits_per_byte(dense, dense_tok, texts, opts.seq_len, opts.progress)
+            p = bits_per_byte(pruned, pruned_tok, texts, opts.seq_len, opts.progress)
+            a = agreement(dense, pruned, pruned_tok, texts, vocab_keep, opts.seq_len, opts.progress)
+        out["dense"][name] = {"bpb": d["bpb"], "tokens": d["tokens"], "bytes": d["bytes"]}
+        out["pruned"][name] = {"bpb": p["bpb"], "tokens": p["tokens"], "bytes": p["bytes"], "bpb_ratio": p["bpb"] / d["bpb"], **a}
+    first = next(iter(heldout))
+    for side in ("dense", "pruned"):  # the headline numbers: the held-out split of the calibration corpus
+        out[side]["bpb"] = out[side][first]["bpb"]
+    for k in ("kl", "top1_agreement", "dropped_mass"):
+        out["pruned"][k] = out["pruned"][first][k]
+    if opts.nextline_samples:
+        samples = next_line_samples(heldout[first], opts.nextline_samples)
+        with timer("eval_nextline"):
+            out["dense"]["next_line_exact_match"] = next_line_exact_match(dense, dense_tok, samples, progress=opts.progress)["exact_match"]
+            out["pruned"]["next_line_exact_match"] = next_line_exact_match(pruned, pruned_tok, samples, progress=opts.progress)["exact_match"]
+    with timer("eval_speed"):
+        out["dense"]["cpu_tokens_per_s"] = cpu_tokens_per_second(dense, dense.config.vocab_size)
+        out["pruned"]["cpu_tokens_per_s"] = cpu_tokens_per_second(pruned, pruned.config.vocab_size)
+    out["pruned"]["sample_completion"] = {"prompt": SIGNATURE_PROMPT, "dense": generate_code(dense, dense_tok, SIGNATURE_PROMPT),
+                                          "pruned": generate_code(pruned, pruned_tok, SIGNATURE_PROMPT)}
+    return out
+
+
+def heldout_texts(tokenizer, opts: JobOptions, heldout_docs: list) -> dict[str, list[str]]:
+    sets = {f"{opts.data}:heldout": corpus.eval_snippets(tokenizer, heldout_docs, opts.eval_tokens)}
+    for spec in opts.eval_data:
+        sets[spec] = corpus.eval_snippets(tokenizer, corpus.load_documents(spec), opts.eval_tokens)
+    return sets
+
+
+def run_eval(model_spec: Optional[str], reference: Optional[str], opts: JobOptions) -> dict:
+    """Evaluate a (pruned) model alone or against a reference (dense) model."""
+    timer = Timer()
+    model, tok = load_model(model_spec)
+    ref, ref_tok = load_model(reference) if reference or model_spec is None else (None, None)
+    calib, held = corpus.calibration_and_heldout(opts.data)
+    base_tok = ref_tok if ref_tok is not None else tok
+    sets = heldout_texts(base_tok, opts, held)
+    if ref is None:
+        res = {name: bits_per_byte(model, tok, texts, opts.seq_len, opts.progress) for name, texts in sets.items()}
+        return {"model": {"params": num_params(model), **{k: v["bpb"] for k, v in res.items()},
+                          "cpu_tokens_per_s": cpu_tokens_per_second(model, model.config.vocab_size)}}
+    keep = vocab_mapping(model, tok, ref, ref_tok, plan_of(model_spec))
+    res = evaluate_pair(ref, ref_tok, model, tok, None if keep is None else keep.tolist(), sets, opts, timer)
+    res["params"] = {"dense": num_params(ref), "pruned": num_params(model)}
+    if model_spec and Path(model_spec).is_dir():
+        res["size_on_disk"] = {"pruned_bytes": dir_size(Path(model_spec))}
+    res["timings_s"] = timer.times
+    return res

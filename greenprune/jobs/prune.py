@@ -1,0 +1,147 @@
+"""The prune job: load -> data -> scores -> plan -> prune -> compensate / recover -> evaluate -> save (atomically).
+
+Data flows one way; the dense model is never modified and its files are never written.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..data import corpus
+from ..errors import GreenpruneError
+from ..families import shape_of
+from ..modelio.load import load_model, num_params
+from ..modelio.reports import DEFAULT_SOURCE, REPORT_NAME
+from ..modelio.save import dir_size, save_model_dir, write_json_atomic
+from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
+from ..planning.plan import PruningPlan, resolve_plan
+from ..planning.planner import check_layer_drops, make_plan
+from ..planning.plots import plot_plan
+from ..planning.widths import bias_reserve
+from ..pruning.compensation import compensate_, reconstruct_
+from ..pruning.prune import prune_model
+from ..pruning.vocab import prune_tokenizer, vocabulary_for
+from ..recovery.job import checkpoint_dir_for, recover_after_prune
+from ..recovery.plots import plot_loss
+from ..runinfo import machine_info
+from ..scoring.scorers import score_model
+from .evaluate import evaluate_pair, heldout_texts
+from .options import JobOptions, Timer
+
+log = logging.getLogger(__name__)
+
+
+def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) -> tuple[PruningPlan, dict]:
+    shape = shape_of(model)
+    opts.plan.validate(shape)
+    with timer("tokenize_calibration"):
+        blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
+    with timer("importance"):
+        scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=bool(opts.reconstruct))
+    extra = {"block_influence": scores.block_influence, "scores": scores}
+    if opts.plan_file:
+        plan = PruningPlan.load(Path(opts.plan_file))
+        if plan.shape != shape:
+            raise GreenpruneError(f"plan {opts.plan_file} was made for another model shape ({plan.shape})")
+        return resolve_plan(plan, scores.ffn, scores.kv), extra
+    vocab_keep = None
+    if opts.use_vocab:
+        with timer("vocabulary"):
+            vocab_keep = vocabulary_for(tokenizer, shape, (d.text for d in calib), scores.token_mass, opts.plan.ratio,
+                                        opts.vocab_min_count, opts.vocab_extra)
+    tables = None
+    if opts.plan.method == "unified":
+        with timer("kl_tables"):
+            kl_blocks = blocks[: max(1, opts.kl_tokens // blocks.shape[1])]
+            kl = LayerwiseKL(model, kl_blocks, vocab_keep)
+            tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
+        extra["kl_tables"] = tables
+    reserve = bias_reserve(shape, opts.plan.kv) if opts.could_use_bias_compensation() else 0
+    with timer("plan"):
+        try:
+            plan = make_plan(shape, scores, opts.plan, vocab_keep, tables, reserve)
+        except GreenpruneError as e:
+            if vocab_keep is not None and opts.vocab_extra > 0:
+                raise GreenpruneError(f"{e}, or keep fewer unused tokens (--vocab-extra {opts.vocab_extra})") from e
+            raise
+    if tables is not None and tables["drop"] and plan.dropped_layers:
+        with timer("layer_drop_check"):
+            check_blocks = blocks[: max(1, opts.drop_check_tokens // blocks.shape[1])]
+            plan, extra["layer_drop_check"] = check_layer_drops(model, check_blocks, scores, shape, opts.plan,
+                                                                vocab_keep, tables, plan, reserve)
+        log.info("layer removal check: %s", extra["layer_drop_check"])
+    return plan, extra
+
+
+def run_prune(opts: JobOptions) -> dict:
+    """The whole prune job; returns the report (also written to OUT/greenprune_report.json)."""
+    timer = Timer()
+    out = Path(opts.out) if opts.out else None
+    if out is not None and out.exists() and not opts.overwrite:  # fail before the long work, not after
+        raise GreenpruneError(f"output directory {out} exists (use --overwrite to replace it)")
+    if opts.plan_file is None:
+        opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
+    torch.manual_seed(0)
+    with timer("load"):
+        dense, tok = load_model(opts.model)  # checks the architecture
+    with timer("data"):
+        calib, held = corpus.calibration_and_heldout(opts.data)
+    plan, extra = build_plan(dense, tok, opts, calib, timer)
+    with timer("prune"):
+        pruned = prune_model(dense, plan)
+        pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
+    refit = opts.use_reconstruct(extra["scores"].stats)
+    if opts.use_bias_compensation(plan):
+        with timer("reconstruct"):
+            compensate_(pruned, dense, plan, extra["scores"].stats, refit, opts.reconstruct_ridge)
+    elif refit:
+        with timer("reconstruct"):
+            reconstruct_(pruned, dense, plan, extra["scores"].stats, opts.reconstruct_ridge)
+    recovery = None
+    if opts.recover is not None:
+        with timer("recover"):
+            pruned, history, recovery = recover_after_prune(pruned, pruned_tok, dense, tok, plan.vocab_keep, opts.recover,
+                                                            out, opts.data, opts.eval_data)
+    report = {
+        "greenprune_version": __version__,
+        "source_model": str(opts.model or DEFAULT_SOURCE),
+        "options": _jsonable(asdict(opts)),
+        "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
+        "plan": plan.to_dict(),
+        "compensation": {"bias": opts.use_bias_compensation(plan), "refit": refit},
+        "importance": {k: v for k, v in extra.items() if k != "scores"},
+        **({"recovery": recovery} if recovery is not None else {}),
+        "machine": machine_info(),
+    }
+    if opts.evaluate:
+        report["eval"] = evaluate_pair(dense, tok, pruned, pruned_tok, plan.vocab_keep, heldout_texts(tok, opts, held), opts, timer)
+    report["timings_s"] = timer.times
+    if out is not None:
+        with timer("save"):
+            def write(tmp: Path) -> None:
+                plan.save(tmp / "plan.json")
+                plot_plan(plan, tmp / "plan.png", extra.get("kl_tables"))
+                if recovery is not None:
+                    plot_loss(history, tmp / "loss.png")
+                report["size_on_disk"] = {"pruned_bytes": dir_size(tmp)}
+                report["timings_s"] = timer.times
+                write_json_atomic(tmp / REPORT_NAME, report)
+
+            save_model_dir(out, model=pruned, tokenizer=pruned_tok, writers=[write], overwrite=opts.overwrite)
+        if recovery is not None:
+            shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)  # complete: nothing left to resume
+    return report
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x

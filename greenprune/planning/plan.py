@@ -1,0 +1,172 @@
+"""The pruning plan: a plain, JSON-serialisable description of what survives, and the parameter arithmetic.
+
+A plan names the decoder layers kept, for each the FFN channels and KV groups kept (explicit indices, so a
+plan reproduces exactly), and the vocabulary kept (original token ids). Plans written by hand or by the search
+may give only widths (`ffn_width`, `kv_heads`); `resolve_plan` fills in the indices from importance scores.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import GreenpruneError
+from ..families import ModelShape
+from ..modelio.save import write_json_atomic
+
+PLAN_FORMAT = "greenprune.plan/1"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    index: int  # the layer's index in the dense model
+    ffn_width: int
+    kv_heads: int
+    ffn_keep: Optional[tuple[int, ...]] = None  # kept intermediate channels (sorted); None = resolve by scores
+    kv_keep: Optional[tuple[int, ...]] = None  # kept KV heads (each with its query heads)
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    shape: ModelShape
+    layers: tuple[LayerPlan, ...]
+    vocab_keep: Optional[tuple[int, ...]] = None  # sorted original ids; None = vocabulary untouched
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.shape.vocab_size if self.vocab_keep is None else len(self.vocab_keep)
+
+    @property
+    def dropped_layers(self) -> list[int]:
+        kept = {lp.index for lp in self.layers}
+        return [i for i in range(self.shape.num_hidden_layers) if i not in kept]
+
+    @property
+    def is_uniform(self) -> bool:
+        return len({(lp.ffn_width, lp.kv_heads) for lp in self.layers}) <= 1
+
+    @property
+    def is_resolved(self) -> bool:
+        return all(lp.ffn_keep is not None and lp.kv_keep is not None for lp in self.layers)
+
+    def params(self) -> int:
+        return self.shape.total_params([(lp.ffn_width, lp.kv_heads) for lp in self.layers], self.vocab_size)
+
+    def ratio(self) -> float:
+        return 1.0 - self.params() / self.shape.dense_params
+
+    # --- JSON ---
+    def to_dict(self) -> dict:
+        layers = []
+        for lp in self.layers:
+            d = {"index": lp.index, "ffn_width": lp.ffn_width, "kv_heads": lp.kv_heads}
+            if lp.ffn_keep is not None:
+                d["ffn_keep"] = list(lp.ffn_keep)
+            if lp.kv_keep is not None:
+                d["kv_keep"] = list(lp.kv_keep)
+            layers.append(d)
+        return {
+            "format": PLAN_FORMAT,
+            "shape": asdict(self.shape),
+            "summary": {
+                "params_dense": self.shape.dense_params,
+                "params_pruned": self.params(),
+                "ratio": round(self.ratio(), 6),
+                "layers_dropped": self.dropped_layers,
+                "ffn_widths": [lp.ffn_width for lp in self.layers],
+                "kv_heads": [lp.kv_heads for lp in self.layers],
+                "vocab_size": self.vocab_size,
+            },
+            "layers": layers,
+            "vocab_keep": None if self.vocab_keep is None else list(self.vocab_keep),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PruningPlan":
+        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+            raise GreenpruneError(f"not a greenprune plan (expected \"format\": \"{PLAN_FORMAT}\")")
+        try:
+            shape = ModelShape(**d["shape"])
+            layers = tuple(
+                LayerPlan(
+                    index=int(x["index"]),
+                    ffn_width=int(x["ffn_width"]),
+                    kv_heads=int(x["kv_heads"]),
+                    ffn_keep=tuple(x["ffn_keep"]) if x.get("ffn_keep") is not None else None,
+                    kv_keep=tuple(x["kv_keep"]) if x.get("kv_keep") is not None else None,
+                )
+                for x in d["layers"]
+            )
+            vk = d.get("vocab_keep")
+            plan = cls(shape, layers, tuple(vk) if vk is not None else None, dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise GreenpruneError(f"malformed plan: {type(e).__name__}: {e}") from e
+        plan.validate()
+        return plan
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> "PruningPlan":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError as e:
+            raise GreenpruneError(f"plan file not found: {path}") from e
+        except ValueError as e:
+            raise GreenpruneError(f"plan file {path} is not valid JSON ({e})") from e
+
+    def validate(self) -> None:
+        s = self.shape
+        if not self.layers:
+            raise GreenpruneError("plan keeps no decoder layer")
+        idx = [lp.index for lp in self.layers]
+        if idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= s.num_hidden_layers:
+            raise GreenpruneError(f"plan layer indices must be increasing, unique, in [0, {s.num_hidden_layers})")
+        for lp in self.layers:
+            if not 1 <= lp.ffn_width <= s.intermediate_size:
+                raise GreenpruneError(f"layer {lp.index}: ffn_width {lp.ffn_width} not in [1, {s.intermediate_size}]")
+            if not 1 <= lp.kv_heads <= s.num_key_value_heads:
+                raise GreenpruneError(f"layer {lp.index}: kv_heads {lp.kv_heads} not in [1, {s.num_key_value_heads}]")
+            for keep, n, width, what in ((lp.ffn_keep, s.intermediate_size, lp.ffn_width, "ffn_keep"),
+                                         (lp.kv_keep, s.num_key_value_heads, lp.kv_heads, "kv_keep")):
+                if keep is not None and (len(keep) != width or list(keep) != sorted(set(keep))
+                                         or keep[0] < 0 or keep[-1] >= n):
+                    raise GreenpruneError(f"layer {lp.index}: {what} must be {width} sorted unique ids in [0, {n})")
+        if self.vocab_keep is not None:
+            v = self.vocab_keep
+            if not v or list(v) != sorted(set(v)) or v[0] < 0 or v[-1] >= s.vocab_size:
+                raise GreenpruneError(f"vocab_keep must be sorted unique ids in [0, {s.vocab_size})")
+
+
+def identity_plan(shape: ModelShape) -> PruningPlan:
+    """A plan that removes nothing (its pruned model reproduces the dense logits exactly)."""
+    layers = tuple(
+        LayerPlan(i, shape.intermediate_size, shape.num_key_value_heads,
+                  tuple(range(shape.intermediate_size)), tuple(range(shape.num_key_value_heads)))
+        for i in range(shape.num_hidden_layers)
+    )
+    return PruningPlan(shape, layers, None, {"method": "identity"})
+
+
+def keep_top(scores, n: int) -> tuple[int, ...]:
+    """The n highest-scoring indices, sorted."""
+    return tuple(sorted(torch.as_tensor(scores).topk(n).indices.tolist()))
+
+
+def resolve_plan(plan: PruningPlan, ffn_scores, kv_scores) -> PruningPlan:
+    """Fill missing channel / KV-group indices with the highest-scoring ones (scores per dense layer index)."""
+    layers = []
+    for lp in plan.layers:
+        fk, kk = lp.ffn_keep, lp.kv_keep
+        if fk is None:
+            fk = keep_top(ffn_scores[lp.index], lp.ffn_width)
+        if kk is None:
+            kk = keep_top(kv_scores[lp.index], lp.kv_heads)
+        layers.append(replace(lp, ffn_keep=fk, kv_keep=kk))
+    return replace(plan, layers=tuple(layers))

@@ -1,0 +1,137 @@
+"""Planning: the budget DP is exact and optimal, budgets hold, impossible ratios are refused."""
+import itertools
+import random
+
+import pytest
+import torch
+
+from greenprune.families import shape_of
+from greenprune.errors import GreenpruneError
+from greenprune.scoring.scorers import score_model
+from greenprune.planning.kl_tables import LayerwiseKL, measure_kl_tables
+from greenprune.planning.options import PlanOptions
+from greenprune.planning.planner import _solve, check_layer_drops, make_plan
+from greenprune.pruning.prune import prune_model
+
+from helpers import tiny_model
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dp_matches_brute_force(seed):
+    rng = random.Random(seed)
+    layers = [[(rng.random(), rng.randint(0, 50), (i, j)) for j in range(rng.randint(1, 4))] + [(0.0, 0, (i, "keep"))]
+              for i in range(4)]
+    need = rng.randint(20, 120)
+    best = None
+    for combo in itertools.product(*layers):
+        if sum(c[1] for c in combo) >= need and (best is None or sum(c[0] for c in combo) < best[0]):
+            best = (sum(c[0] for c in combo), [c[2] for c in combo])
+    picks = _solve(layers, need)
+    if best is None:
+        assert picks == []
+    else:
+        chosen = [next(o for o in opts if o[2] == p) for opts, p in zip(layers, picks)]
+        assert sum(c[1] for c in chosen) >= need
+        assert sum(c[0] for c in chosen) == pytest.approx(best[0])
+
+
+def test_ffn_widths_are_aligned():
+    shape = shape_of(tiny_model(ffn=200).config)
+    w = PlanOptions(align=64, max_ffn_prune=0.75).widths(shape)
+    assert w[0] == 200 and all(x % 64 == 0 for x in w[1:]) and min(w) >= 50
+
+
+@pytest.fixture(scope="module")
+def scored():
+    torch.manual_seed(0)
+    m = tiny_model(layers=4, hidden=64, ffn=128, heads=4, kv_heads=2)
+    blocks = torch.randint(0, 97, (4, 16))
+    return m, blocks, score_model(m, blocks, "wanda", progress=False)
+
+
+@pytest.mark.parametrize("method", ["unified", "uniform", "layers"])
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_plans_meet_the_budget(scored, method, ratio):
+    m, blocks, scores = scored
+    shape = shape_of(m.config)
+    opts = PlanOptions(ratio=ratio, align=16, method=method)
+    tables = measure_kl_tables(LayerwiseKL(m, blocks), scores, shape, opts, progress=False) if method == "unified" else None
+    plan = make_plan(shape, scores, opts, None, tables)
+    assert plan.params() <= (1 - ratio) * shape.dense_params
+    assert all(lp.ffn_width % 16 == 0 or lp.ffn_width == 128 for lp in plan.layers)
+    if method == "uniform":
+        assert plan.is_uniform and not plan.dropped_layers
+
+
+def test_layerwise_kl_is_zero_for_no_change_and_positive_otherwise(scored):
+    m, blocks, scores = scored
+    kl = LayerwiseKL(m, blocks)
+    assert kl.kl(1, ffn_keep=range(128)) == pytest.approx(0.0, abs=1e-6)
+    assert kl.kl(1, ffn_keep=range(64)) > 1e-6
+    assert kl.kl(2, drop=True) > 1e-6
+
+
+def test_layerwise_kl_matches_a_full_forward_of_the_changed_model(scored):
+    """The cached partial forward must equal running the whole model with the same change."""
+    m, blocks, scores = scored
+    kl = LayerwiseKL(m, blocks)
+    keep = list(range(0, 128, 2))
+    mask = torch.zeros(128)
+    mask[keep] = 1
+    h = m.model.layers[2].mlp.down_proj.register_forward_pre_hook(lambda mod, a: (a[0] * mask,))
+    with torch.no_grad():
+        lp = torch.log_softmax(m(blocks).logits.float(), -1)
+    h.remove()
+    with torch.no_grad():
+        ld = torch.log_softmax(m(blocks).logits.float(), -1)
+    full = (ld.exp() * (ld - lp)).sum(-1).mean().item()
+    assert kl.kl(2, ffn_keep=keep) == pytest.approx(full, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5])
+def test_ratio_outside_unit_interval(scored, ratio):
+    m, _, scores = scored
+    with pytest.raises(GreenpruneError, match="must be in"):
+        make_plan(shape_of(m.config), scores, PlanOptions(ratio=ratio, method="uniform"), None)
+
+
+def test_unreachable_ratio_is_a_clear_error(scored):
+    m, _, scores = scored
+    shape = shape_of(m.config)
+    with pytest.raises(GreenpruneError, match="unreachable"):
+        make_plan(shape, scores, PlanOptions(ratio=0.9, align=16, method="uniform", max_ffn_prune=0.5), None)
+
+
+def _kl_of_pruned(dense, pruned, blocks) -> float:
+    """Mean per-token KL(dense || physically pruned model), full vocabulary, plain eager forwards."""
+    with torch.no_grad():
+        ld = torch.log_softmax(dense(blocks).logits.double(), -1)
+        lp = torch.log_softmax(pruned(blocks).logits.double(), -1)
+    return (ld.exp() * (ld - lp)).sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("drop_cost", [0.0, 1e3])
+def test_layer_drop_check_keeps_the_plan_with_the_lower_measured_kl(scored, drop_cost):
+    """Tables that make one layer's removal look free (or prohibitive) give a plan with (without) removal; the
+    check re-solves without removal, measures both whole plans and keeps the lower: its KLs are those of the
+    physically pruned models, and the dense model is left as it was."""
+    m, blocks, scores = scored
+    shape = shape_of(m.config)
+    opts = PlanOptions(ratio=0.3, align=16)
+    tables = measure_kl_tables(LayerwiseKL(m, blocks), scores, shape, opts, progress=False)
+    tables["drop"] = [drop_cost if i == 2 else 1e3 for i in range(shape.num_hidden_layers)]
+    plan = make_plan(shape, scores, opts, None, tables)
+    assert plan.dropped_layers == ([2] if drop_cost == 0.0 else [])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    chosen, rec = check_layer_drops(m, blocks, scores, shape, opts, None, tables, plan)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not any(l.mlp.down_proj._forward_pre_hooks for l in m.model.layers)  # its masks are gone
+    if drop_cost != 0.0:  # nothing removed: the check still measures, and the re-solved plan is the same
+        assert chosen.dropped_layers == [] and rec["kl_with_layer_removal"] == pytest.approx(rec["kl_without"])
+        return
+    alt = make_plan(shape, scores, PlanOptions(ratio=0.3, align=16, drop_layers=False), None, {**tables, "drop": []})
+    assert rec["kl_with_layer_removal"] == pytest.approx(_kl_of_pruned(m, prune_model(m, plan), blocks), rel=1e-3)
+    assert rec["kl_without"] == pytest.approx(_kl_of_pruned(m, prune_model(m, alt), blocks), rel=1e-3)
+    best = plan if rec["kl_with_layer_removal"] < rec["kl_without"] else alt
+    assert chosen.to_dict() == best.to_dict() and rec["kept"] == ("with layer removal" if best is plan else "without layer removal")
+    assert chosen.params() <= (1 - 0.3) * shape.dense_params
