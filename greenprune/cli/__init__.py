@@ -9,10 +9,10 @@ import sys
 
 from .._version import __version__
 from ..errors import GreenpruneError
-from . import deploy, prune, recover, search
+from . import deploy, evaluate, prune, recover, search
 
 log = logging.getLogger("greenprune")
-RUNNERS = {"prune": prune.run_prune_cmd, "eval": prune.run_eval_cmd, "recover": recover.run, "search": search.run,
+RUNNERS = {"prune": prune.run_prune_cmd, "eval": evaluate.run, "recover": recover.run, "search": search.run,
            **{c: deploy.run for c in deploy.COMMANDS}}
 
 
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="greenprune", description="Unified structured pruning of Llama-family LLMs.")
     ap.add_argument("--version", action="version", version=f"greenprune {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    prune.add_parsers(sub)  # prune, eval
+    prune.add_parser(sub)
+    evaluate.add_parser(sub)
     recover.add_parser(sub)
     search.add_parser(sub)
     deploy.add_parsers(sub)  # export, stream, bench

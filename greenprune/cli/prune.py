@@ -1,37 +1,21 @@
-"""`greenprune prune` and `greenprune eval`."""
+"""`greenprune prune`, and the data and evaluation options `greenprune eval` shares with it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import GreenpruneError
-from ..jobs.evaluate import run_eval
+from ..evaluation.tasks import TaskOptions, parse_tasks
 from ..jobs.options import JobOptions
 from ..jobs.prune import run_prune
-from ..modelio.reports import source_model
-from ..modelio.save import write_json_atomic
 from ..planning.options import METHODS, PlanOptions
 from ..scoring.scorers import SCORERS
 from .args import option, switch, tri_state
+from .common import J, job_args, job_common, task_args
 from .recover import add_recover_args, recover_options
-from .tables import print_eval, print_prune
+from .tables import print_prune
 
-J, P = JobOptions(), PlanOptions()
-
-
-def _job_args(p) -> None:
-    option(p, "--data", J.data, "calibration data: stdlib | DIR | FILE.jsonl | datasets:PATH | pypkg:NAME")
-    p.add_argument("--eval-data", action="append", default=None,
-                   help="extra evaluation corpus (repeatable; default: "
-                        f"{', '.join(J.eval_data)}, code outside the calibration corpus)")
-    option(p, "--calib-tokens", J.calib_tokens, "tokens for activation statistics, Gram matrices and the dense token mass",
-           type=int)
-    option(p, "--eval-tokens", J.eval_tokens, "tokens per evaluation corpus", type=int)
-    option(p, "--seq-len", J.seq_len, "sequence length of calibration blocks / eval windows", type=int)
-    option(p, "--nextline-samples", J.nextline_samples, "next-line completion samples (0: skip)", type=int)
-    switch(p, "--no-progress", "no progress bars")
+P = PlanOptions()
 
 
-def add_parsers(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model (default: SmolLM2-135M-Instruct by 22%%) and evaluate it")
     p.add_argument("--model", default=None, help="HF model directory, .gguf file, or hub id (default: the embedded SmolLM2-135M)")
     option(p, "--ratio", P.ratio, "fraction of all parameters to remove", type=float)
@@ -59,22 +43,10 @@ def add_parsers(sub) -> None:
     option(p, "--out", "out/pruned", "output directory")
     switch(p, "--overwrite", "replace the output directory if it exists")
     switch(p, "--no-eval", "skip evaluation")
-    _job_args(p)
-
-    e = sub.add_parser("eval", help="evaluate a model, or a pruned model against its dense reference")
-    e.add_argument("--model", default=None, help="model to evaluate (default: the embedded SmolLM2-135M)")
-    e.add_argument("--reference", default=None, help="dense reference model (default: the one in the model's report)")
-    e.add_argument("--out", default=None, help="write the results as JSON here")
-    _job_args(e)
-
-
-def _common(a) -> dict:
-    for name in ("calib_tokens", "eval_tokens", "seq_len"):
-        if getattr(a, name) < 2:
-            raise GreenpruneError(f"--{name.replace('_', '-')} must be >= 2")
-    return dict(model=a.model, data=a.data, eval_data=tuple(a.eval_data) if a.eval_data is not None else J.eval_data,
-                calib_tokens=a.calib_tokens, seq_len=a.seq_len, eval_tokens=a.eval_tokens,
-                nextline_samples=a.nextline_samples, progress=not a.no_progress)
+    option(p, "--eval-tasks", None, "downstream tasks to run on the dense and the pruned model, side by side in the "
+           "report: humaneval and/or lm-eval:TASK[,TASK] (the dense model's results are cached)")
+    task_args(p, prefix="eval-")
+    job_args(p)
 
 
 def prune_options(a) -> JobOptions:
@@ -84,22 +56,23 @@ def prune_options(a) -> JobOptions:
     return JobOptions(plan=plan, scorer=a.scorer, vocab=a.vocab, vocab_extra=a.vocab_extra, kl_tokens=a.kl_tokens,
                       drop_check_tokens=a.drop_check_tokens, plan_file=a.plan, reconstruct=a.reconstruct,
                       bias_compensation=a.bias_compensation, recover=recover, out=a.out, overwrite=a.overwrite,
-                      evaluate=not a.no_eval, **_common(a))
+                      evaluate=not a.no_eval, eval_tasks=eval_task_options(a), **job_common(a))
+
+
+def eval_task_options(a):
+    if not a.eval_tasks:
+        return None
+    tasks = TaskOptions(tasks=(a.eval_tasks,), limit=a.eval_limit, unsafe_exec=a.unsafe_exec)
+    own, _ = parse_tasks(tasks.tasks)
+    if "bpb" in own:
+        raise GreenpruneError("--eval-tasks: bpb is prune's own evaluation (on unless --no-eval); name only "
+                              "downstream tasks (humaneval, lm-eval:TASK)")
+    tasks.validate()
+    return tasks
 
 
 def run_prune_cmd(a) -> int:
     opts = prune_options(a)
     report = run_prune(opts)
     print_prune(report, opts.out)
-    return 0
-
-
-def run_eval_cmd(a) -> int:
-    opts = JobOptions(**_common(a))
-    ref = a.reference or (source_model(a.model) if a.model else None)
-    res = run_eval(a.model, ref, opts)
-    print_eval(res)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(a.out), res)
     return 0

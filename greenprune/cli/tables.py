@@ -18,8 +18,11 @@ def print_prune(report: dict, out) -> None:
     comp = report.get("compensation", {})
     done = [name for key, name in (("refit", "least-squares refit"), ("bias", "bias compensation")) if comp.get(key)]
     con.print(f"training-free compensation: {' + '.join(done) if done else 'none'}")
-    if report.get("eval"):
-        _print_eval_tables(con, report["eval"], p)
+    ev = report.get("eval") or {}
+    if "dense" in ev:
+        _print_eval_tables(con, ev, p)
+    if ev.get("tasks"):
+        _print_tasks(con, ev["tasks"])
     if out:
         con.print(f"saved to {out} (report: greenprune_report.json, plan: plan.json); timings {report['timings_s']}")
 
@@ -51,8 +54,44 @@ def _print_eval_tables(con: Console, ev: dict, p: dict) -> None:
         con.print(sc["prompt"] + sc["pruned"], markup=False, highlight=False)
 
 
+def _task_rows(tasks: dict) -> list[tuple[str, str, str]]:
+    """(task, metric, value) rows of one model's downstream results."""
+    rows = []
+    he = tasks.get("humaneval")
+    if he:
+        for k, v in he["pass@k"].items():
+            rows.append(("humaneval", k, _f(v, 3)))
+        rows.append(("humaneval", "problems / samples", f"{he['problems']} / {he['samples']}"))
+        rows.append(("humaneval", "outcomes", ", ".join(f"{k} {v}" for k, v in he["outcomes"].items() if v)))
+        rows.append(("humaneval", "seconds per problem", _f(he.get("seconds_per_problem"), 2)))
+    for task, metrics in (tasks.get("lm-eval") or {}).get("metrics", {}).items():
+        for k, v in metrics.items():
+            rows.append((f"lm-eval:{task}", k, _f(v, 4)))
+    return rows
+
+
+def _print_tasks(con: Console, tasks: dict) -> None:
+    """Downstream tasks: one model's results, or dense and pruned side by side."""
+    t = Table(title="downstream tasks")
+    t.add_column("task")
+    t.add_column("metric")
+    if "dense" in tasks and "pruned" in tasks:
+        t.add_column("dense", justify="right")
+        t.add_column("pruned", justify="right")
+        dense = {(a, b): c for a, b, c in _task_rows(tasks["dense"])}
+        for a, b, c in _task_rows(tasks["pruned"]):
+            t.add_row(a, b, dense.get((a, b), "-"), c)
+    else:
+        t.add_column("value", justify="right")
+        for row in _task_rows(tasks):
+            t.add_row(*row)
+    con.print(t)
+
+
 def print_eval(res: dict) -> None:
     con = Console()
+    if res.get("tasks"):
+        _print_tasks(con, res["tasks"])
     if "model" in res:
         t = Table(title="evaluation")
         t.add_column("metric")
@@ -61,4 +100,5 @@ def print_eval(res: dict) -> None:
             t.add_row(k, _f(v))
         con.print(t)
         return
-    _print_eval_tables(con, res, res["params"])
+    if "params" in res:
+        _print_eval_tables(con, res, res["params"])

@@ -11,6 +11,7 @@ lines for a task are more samples of it); `.gz` files are read too.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import re
@@ -76,6 +77,11 @@ def load_problems(limit: Optional[int] = None, path: Optional[Union[str, Path]] 
             raise GreenpruneError(f"limit must be at least 1, not {limit}")
         problems = problems[:limit]
     return problems
+
+
+def problems_digest(path: Optional[Union[str, Path]] = None) -> str:
+    """A digest of the problems file (what a cached result was computed on)."""
+    return hashlib.sha256((Path(path) if path else _data_file()).read_bytes()).hexdigest()[:16]
 
 
 def build_program(problem: Problem, completion: str) -> str:

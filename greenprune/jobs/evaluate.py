@@ -1,6 +1,9 @@
 """The eval job, and the evaluation of a pruned model against its dense one that the prune job reports."""
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +11,9 @@ from ..data import corpus
 from ..evaluation.metrics import (agreement, bits_per_byte, cpu_tokens_per_second, generate_code,
                                   next_line_exact_match, next_line_samples)
 from ..modelio.load import load_model, num_params
-from ..modelio.save import dir_size
+from ..evaluation.tasks import TaskOptions, parse_tasks, run_tasks
+from ..modelio.reports import DEFAULT_SOURCE
+from ..modelio.save import atomic_dir, dir_size, write_json_atomic
 from ..pruning.vocab_map import plan_of, vocab_mapping
 from .options import JobOptions, Timer
 
@@ -50,10 +55,11 @@ def heldout_texts(tokenizer, opts: JobOptions, heldout_docs: list) -> dict[str, 
     return sets
 
 
-def run_eval(model_spec: Optional[str], reference: Optional[str], opts: JobOptions) -> dict:
-    """Evaluate a (pruned) model alone or against a reference (dense) model."""
+def run_eval(model_spec: Optional[str], reference: Optional[str], opts: JobOptions, loaded=None) -> dict:
+    """Evaluate a (pruned) model alone or against a reference (dense) model: bits per byte, KL, agreement,
+    next-line match (loaded: the model and tokenizer, when the caller has them already)."""
     timer = Timer()
-    model, tok = load_model(model_spec)
+    model, tok = loaded if loaded is not None else load_model(model_spec)
     ref, ref_tok = load_model(reference) if reference or model_spec is None else (None, None)
     calib, held = corpus.calibration_and_heldout(opts.data)
     base_tok = ref_tok if ref_tok is not None else tok
@@ -68,4 +74,30 @@ def run_eval(model_spec: Optional[str], reference: Optional[str], opts: JobOptio
     if model_spec and Path(model_spec).is_dir():
         res["size_on_disk"] = {"pruned_bytes": dir_size(Path(model_spec))}
     res["timings_s"] = timer.times
+    return res
+
+
+def run_eval_job(model_spec: Optional[str], reference: Optional[str], opts: JobOptions,
+                 out: Optional[Path] = None) -> dict:
+    """`greenprune eval`: the closeness metrics (task bpb) and the downstream tasks of opts.eval_tasks on one
+    model. out: FILE.json gets the results; a directory gets eval_report.json and the generated completions."""
+    tasks = opts.eval_tasks or TaskOptions()
+    own, lm = parse_tasks(tasks.tasks)
+    to_dir = out is not None and out.suffix != ".json"
+    t0 = time.monotonic()
+    with atomic_dir(out) if to_dir else nullcontext(None) as scratch:  # an existing directory: refused up front
+        loaded = load_model(model_spec) if tasks.needs_model else None
+        res = run_eval(model_spec, reference, opts, loaded) if "bpb" in own else {}
+        if [t for t in own if t != "bpb"] or lm:
+            model, tok = loaded if loaded is not None else (None, None)
+            res["tasks"] = run_tasks(model, tok, tasks, model_dir=model_spec, progress=opts.progress,
+                                     completions_out=scratch / "humaneval_completions.jsonl" if scratch else None)
+            res["model_source"] = str(model_spec or DEFAULT_SOURCE)
+            res["task_settings"] = asdict(tasks)
+            res["wall_s"] = round(time.monotonic() - t0, 2)
+        if scratch is not None:
+            write_json_atomic(scratch / "eval_report.json", res)
+    if out is not None and not to_dir:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, res)
     return res

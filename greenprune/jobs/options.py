@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..evaluation.tasks import TaskOptions
 from ..planning.options import PlanOptions
 from ..planning.plan import PruningPlan
 from ..recovery.options import RecoverOptions
@@ -47,6 +48,7 @@ class JobOptions:
     out: Optional[str] = None
     overwrite: bool = False
     evaluate: bool = True
+    eval_tasks: Optional[TaskOptions] = None  # downstream tasks (HumanEval, lm-eval) beside the closeness metrics
     progress: bool = True
 
     def use_reconstruct(self, stats) -> bool:

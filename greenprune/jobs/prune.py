@@ -15,6 +15,8 @@ import torch
 from .._version import __version__
 from ..data import corpus
 from ..errors import GreenpruneError
+from ..evaluation.cache import ResultCache
+from ..evaluation.tasks import run_tasks
 from ..families import shape_of
 from ..modelio.load import load_model, num_params
 from ..modelio.reports import DEFAULT_SOURCE, REPORT_NAME
@@ -121,6 +123,13 @@ def run_prune(opts: JobOptions) -> dict:
     }
     if opts.evaluate:
         report["eval"] = evaluate_pair(dense, tok, pruned, pruned_tok, plan.vocab_keep, heldout_texts(tok, opts, held), opts, timer)
+    if opts.eval_tasks is not None:
+        with timer("eval_tasks"):
+            report.setdefault("eval", {})["tasks"] = {
+                # the dense model's results are cached by its files, the data and the settings
+                "dense": run_tasks(dense, tok, opts.eval_tasks, model_dir=opts.model, cache=ResultCache(),
+                                   progress=opts.progress),
+                "pruned": run_tasks(pruned, pruned_tok, opts.eval_tasks, progress=opts.progress)}
     report["timings_s"] = timer.times
     if out is not None:
         with timer("save"):

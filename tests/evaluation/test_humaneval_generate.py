@@ -105,7 +105,7 @@ def test_code_from_chat_replies(problems):
 def test_real_default_model_two_problems(default_dir):
     """SmolLM2-135M-Instruct on HumanEval/0 and /1 (chat template, greedy), scored in the sandbox. A model this
     small solves about none: the test checks the path runs end to end and records what it produced."""
-    from greenprune.models import load_model
+    from greenprune.modelio.load import load_model
 
     model, tok = load_model(str(default_dir))
     problems = he.load_problems(limit=2)

@@ -60,9 +60,10 @@ metric_list:
 
 def _pruned_greenprune_llama(tiny_dir, tmp_path):
     """The tiny model pruned per layer (different FFN widths): saved as model_type greenprune_llama."""
-    from greenprune.models import load_model
-    from greenprune.plan import LayerPlan, ModelShape, PruningPlan
-    from greenprune.prune import prune_model
+    from greenprune.modelio.load import load_model
+    from greenprune.planning.plan import LayerPlan, PruningPlan
+    from greenprune.families import ModelShape
+    from greenprune.pruning.prune import prune_model
 
     model, tok = load_model(str(tiny_dir))
     shape = ModelShape.from_config(model.config)
@@ -77,7 +78,7 @@ def _pruned_greenprune_llama(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("kind", ["llama", "greenprune_llama"])
 def test_local_multiple_choice_task_scores_what_the_model_says(tiny_dir, tmp_path, kind):
-    from greenprune.models import load_model
+    from greenprune.modelio.load import load_model
 
     model_dir = tiny_dir if kind == "llama" else _pruned_greenprune_llama(tiny_dir, tmp_path)
     model, tok = load_model(str(model_dir))
