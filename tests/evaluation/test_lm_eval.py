@@ -62,11 +62,11 @@ def _pruned_greenprune_llama(tiny_dir, tmp_path):
     """The tiny model pruned per layer (different FFN widths): saved as model_type greenprune_llama."""
     from greenprune.modelio.load import load_model
     from greenprune.planning.plan import LayerPlan, PruningPlan
-    from greenprune.families import ModelShape
+    from greenprune.families import shape_of
     from greenprune.pruning.prune import prune_model
 
     model, tok = load_model(str(tiny_dir))
-    shape = ModelShape.from_config(model.config)
+    shape = shape_of(model.config)
     layers = tuple(LayerPlan(i, w, 2, tuple(range(w)), (0, 1)) for i, w in enumerate((96, 48, 64, 32)))
     pruned = prune_model(model, PruningPlan(shape, layers))
     out = tmp_path / "pruned"
