@@ -1,6 +1,8 @@
 """The eval job, and the evaluation of a pruned model against its dense one that the prune job reports."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -8,10 +10,17 @@ from pathlib import Path
 from typing import Optional
 
 from ..data import corpus
-from ..evaluation.metrics import (agreement, bits_per_byte, cpu_tokens_per_second, generate_code,
-                                  next_line_exact_match, next_line_samples)
-from ..modelio.load import load_model, num_params
+from ..evaluation.cache import ResultCache
+from ..evaluation.metrics import (
+    bits_per_byte,
+    cpu_tokens_per_second,
+    generate_code,
+    next_line_exact_match,
+    next_line_samples,
+    pair_metrics,
+)
 from ..evaluation.tasks import TaskOptions, parse_tasks, run_tasks
+from ..modelio.load import load_model, num_params
 from ..modelio.reports import DEFAULT_SOURCE
 from ..modelio.save import atomic_dir, dir_size, write_json_atomic
 from ..pruning.vocab_map import plan_of, vocab_mapping
@@ -20,14 +29,26 @@ from .options import JobOptions, Timer
 SIGNATURE_PROMPT = 'def is_palindrome(s: str) -> bool:\n    """Return True if s reads the same backwards."""\n'
 
 
+def _digest(items) -> str:
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
 def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dict[str, list[str]],
-                  opts: JobOptions, timer: Timer) -> dict:
+                  opts: JobOptions, timer: Timer, dense_identity: Optional[dict] = None,
+                  cache: Optional[ResultCache] = None) -> dict:
+    """Closeness of the pruned model to the dense one on each held-out set: one forward pass per model and window
+    (metrics.pair_metrics). dense_identity (evaluation.cache.model_identity): the dense model's bits per byte and
+    next-line matches are cached by it, the texts and the settings."""
+    cache = cache if cache is not None else (ResultCache() if dense_identity is not None else None)
     out = {"dense": {}, "pruned": {}}
     for name, texts in heldout.items():
         with timer(f"eval_{name}"):
-            d = bits_per_byte(dense, dense_tok, texts, opts.seq_len, opts.progress)
-            p = bits_per_byte(pruned, pruned_tok, texts, opts.seq_len, opts.progress)
-            a = agreement(dense, pruned, pruned_tok, texts, vocab_keep, opts.seq_len, opts.progress)
+            key = {"kind": "dense_bpb", "model": dense_identity, "texts": _digest(texts), "seq_len": opts.seq_len}
+            cached = cache.get(key) if cache is not None else None
+            d, p, a = pair_metrics(dense, dense_tok, pruned, pruned_tok, texts, vocab_keep, opts.seq_len,
+                                   opts.progress, dense_bpb=cached)
+            if cache is not None and cached is None:
+                cache.put(key, d)
         out["dense"][name] = {"bpb": d["bpb"], "tokens": d["tokens"], "bytes": d["bytes"]}
         out["pruned"][name] = {"bpb": p["bpb"], "tokens": p["tokens"], "bytes": p["bytes"], "bpb_ratio": p["bpb"] / d["bpb"], **a}
     first = next(iter(heldout))
@@ -38,7 +59,13 @@ def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dic
     if opts.nextline_samples:
         samples = next_line_samples(heldout[first], opts.nextline_samples)
         with timer("eval_nextline"):
-            out["dense"]["next_line_exact_match"] = next_line_exact_match(dense, dense_tok, samples, progress=opts.progress)["exact_match"]
+            key = {"kind": "dense_next_line", "model": dense_identity, "samples": _digest(samples)}
+            cached = cache.get(key) if cache is not None else None
+            if cached is None:
+                cached = next_line_exact_match(dense, dense_tok, samples, progress=opts.progress)
+                if cache is not None:
+                    cache.put(key, cached)
+            out["dense"]["next_line_exact_match"] = cached["exact_match"]
             out["pruned"]["next_line_exact_match"] = next_line_exact_match(pruned, pruned_tok, samples, progress=opts.progress)["exact_match"]
     with timer("eval_speed"):
         out["dense"]["cpu_tokens_per_s"] = cpu_tokens_per_second(dense, dense.config.vocab_size)

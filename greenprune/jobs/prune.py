@@ -9,13 +9,14 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from .._version import __version__
 from ..data import corpus
 from ..errors import GreenpruneError
-from ..evaluation.cache import ResultCache
+from ..evaluation.cache import ResultCache, model_identity
 from ..evaluation.tasks import run_tasks
 from ..families import shape_of
 from ..modelio.load import load_model, num_params
@@ -81,9 +82,10 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
     return plan, extra
 
 
-def run_prune(opts: JobOptions) -> dict:
-    """The whole prune job; returns the report (also written to OUT/greenprune_report.json)."""
-    timer = Timer()
+def run_prune(opts: JobOptions, timer: Optional[Timer] = None) -> dict:
+    """The whole prune job; returns the report (also written to OUT/greenprune_report.json). timer: records each
+    stage's wall time (benches/pipeline.py passes one that also counts forward work)."""
+    timer = timer if timer is not None else Timer()
     out = Path(opts.out) if opts.out else None
     if out is not None and out.exists() and not opts.overwrite:  # fail before the long work, not after
         raise GreenpruneError(f"output directory {out} exists (use --overwrite to replace it)")
@@ -122,7 +124,8 @@ def run_prune(opts: JobOptions) -> dict:
         "machine": machine_info(),
     }
     if opts.evaluate:
-        report["eval"] = evaluate_pair(dense, tok, pruned, pruned_tok, plan.vocab_keep, heldout_texts(tok, opts, held), opts, timer)
+        report["eval"] = evaluate_pair(dense, tok, pruned, pruned_tok, plan.vocab_keep, heldout_texts(tok, opts, held), opts, timer,
+                                       dense_identity=model_identity(opts.model))
     if opts.eval_tasks is not None:
         with timer("eval_tasks"):
             report.setdefault("eval", {})["tasks"] = {
