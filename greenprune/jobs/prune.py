@@ -62,7 +62,7 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) ->
     if opts.plan.method == "unified":
         with timer("kl_tables"):
             kl_blocks = blocks[: max(1, opts.kl_tokens // blocks.shape[1])]
-            kl = LayerwiseKL(model, kl_blocks, vocab_keep)
+            kl = LayerwiseKL(model, kl_blocks, vocab_keep, depth=opts.plan.kl_depth)
             tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
         extra["kl_tables"] = tables
     reserve = bias_reserve(shape, opts.plan.kv) if opts.could_use_bias_compensation() else 0

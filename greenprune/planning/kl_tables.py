@@ -21,7 +21,9 @@ from .replay import Change, LayerReplay
 class LayerwiseKL:
     """KL(dense || dense with one layer changed) on cached calibration activations."""
 
-    def __init__(self, model, blocks: torch.Tensor, vocab_keep: Optional[list[int]] = None, batch_size: int = 4):
+    def __init__(self, model, blocks: torch.Tensor, vocab_keep: Optional[list[int]] = None, batch_size: int = 4,
+                 depth: int = 0):
+        self.depth = depth  # 0: exact (every layer above the change re-run); else the bounded proxy (replay.final)
         self.replay = LayerReplay(model, blocks, batch_size)
         head = self.replay.family.lm_head(model).weight
         self.head = head if vocab_keep is None else head[torch.as_tensor(vocab_keep)]
@@ -37,7 +39,7 @@ class LayerwiseKL:
         total, count = 0.0, 0
         with self.replay.changed({index: Change(ffn_keep, kv_keep, drop)}) as (first, skip):
             for b in range(len(self.replay)):
-                h = self.replay.final(b, first, skip).flatten(0, 1)
+                h = self.replay.final(b, first, skip, self.depth).flatten(0, 1)
                 logp = self.dense_logp[b]
                 logq = torch.log_softmax(h.float() @ self.head.float().T, -1)
                 total += (logp.exp() * (logp - logq)).sum().item()

@@ -22,6 +22,9 @@ class PlanOptions:
     method: str = "unified"
     max_ffn_prune: float = 0.75  # at most this fraction of a layer's FFN channels goes
     kl_levels: int = 6  # FFN widths measured per layer (others interpolated)
+    # KL tables: 0 re-runs every layer above a change (exact, O(layers^2 x candidates) layer passes); N > 0 re-runs
+    # N layers and carries their change to the output (O(layers x candidates); agreement in benches/PIPELINE.md)
+    kl_depth: int = 0
     # Removing KV groups: off by default. On SmolLM2 / stdlib at 22% the KL tables rated late-layer KV groups
     # cheap, but the plan generalised worse out of corpus (rich: 1.163x bpb with KV groups, 1.119x without).
     kv: bool = False
@@ -35,6 +38,8 @@ class PlanOptions:
             raise GreenpruneError(f"--align must be >= 1, got {self.align}")
         if self.method not in METHODS:
             raise GreenpruneError(f"unknown method '{self.method}'; choose from {', '.join(METHODS)}")
+        if not isinstance(self.kl_depth, int) or self.kl_depth < 0:
+            raise GreenpruneError(f"--kl-depth must be 0 (exact) or a positive number of layers, got {self.kl_depth}")
 
     def widths(self, shape: ModelShape) -> list[int]:
         """The FFN widths a layer may take, widest first."""

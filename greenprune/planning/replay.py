@@ -23,7 +23,8 @@ from ..families import family_for
 @torch.no_grad()
 def capture_layer_inputs(model, x: torch.Tensor):
     """One dense pass over token ids x: every decoder layer's input hidden states, the keyword arguments the
-    model passes each layer, and the final normed hidden states."""
+    model passes each layer, the final normed hidden states, and (appended to the inputs) the last layer's
+    output, the final norm's input."""
     fam = family_for(model)
     inputs, kws = [], []
 
@@ -31,7 +32,11 @@ def capture_layer_inputs(model, x: torch.Tensor):
         inputs.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
         kws.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
 
+    def norm_pre(mod, args):
+        inputs.append(args[0])
+
     hs = [l.register_forward_pre_hook(pre, with_kwargs=True) for l in fam.layers(model)]
+    hs.append(fam.final_norm(model).register_forward_pre_hook(norm_pre))
     try:
         final = fam.backbone(model)(x, use_cache=False).last_hidden_state
     finally:
@@ -112,16 +117,24 @@ class LayerReplay:
                 h.remove()
 
     @torch.no_grad()
-    def final(self, b: int, first: int, skip: frozenset = frozenset()) -> torch.Tensor:
+    def final(self, b: int, first: int, skip: frozenset = frozenset(), depth: int = 0) -> torch.Tensor:
         """Batch b's final normed hidden states with layers first.. re-run (those in `skip` left out) under
-        whatever masks are installed; the dense ones when first is past the last layer."""
+        whatever masks are installed; the dense ones when first is past the last layer.
+
+        depth > 0 (a bounded proxy): only layers first .. first + depth - 1 are re-run; the change they make to
+        the residual stream is carried to the final norm unchanged (the dense layers above are taken as
+        identity on the difference), so a candidate costs `depth` layers whatever its position."""
         inputs, kws, final = self.batches[b]
-        if first >= len(self.layers):
+        n = len(self.layers)
+        if first >= n:
             return final
+        stop = n if depth <= 0 else min(n, first + depth)
         h = inputs[first]
-        for j in range(first, len(self.layers)):
+        for j in range(first, stop):
             if j in skip:
                 continue
             out = self.layers[j](h, **kws[j])
             h = out[0] if isinstance(out, tuple) else out
+        if stop < n:
+            h = inputs[n] + (h - inputs[stop])
         return self.norm(h)

@@ -135,3 +135,26 @@ def test_layer_drop_check_keeps_the_plan_with_the_lower_measured_kl(scored, drop
     best = plan if rec["kl_with_layer_removal"] < rec["kl_without"] else alt
     assert chosen.to_dict() == best.to_dict() and rec["kept"] == ("with layer removal" if best is plan else "without layer removal")
     assert chosen.params() <= (1 - 0.3) * shape.dense_params
+
+
+def test_bounded_depth_kl_is_exact_where_it_reaches_the_top_and_a_proxy_below(scored):
+    """kl_depth N re-runs N layers above a change: exact when those are all the layers left; otherwise a
+    different (proxy) number, still zero for no change; and its cost does not grow with the layers above."""
+    m, blocks, scores = scored
+    exact, proxy = LayerwiseKL(m, blocks), LayerwiseKL(m, blocks, depth=1)
+    n = len(m.model.layers)
+    keep = list(range(0, 128, 2))
+    assert proxy.kl(n - 1, ffn_keep=keep) == pytest.approx(exact.kl(n - 1, ffn_keep=keep), rel=1e-5)
+    assert proxy.kl(0, ffn_keep=range(128)) == pytest.approx(0.0, abs=1e-6)
+    assert proxy.kl(0, ffn_keep=keep) > 1e-6
+    assert proxy.kl(0, ffn_keep=keep) != pytest.approx(exact.kl(0, ffn_keep=keep), rel=1e-4)
+    calls = []
+    hooks = [l.register_forward_hook(lambda *a: calls.append(1)) for l in m.model.layers]
+    try:
+        proxy.kl(0, ffn_keep=keep)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == len(proxy.replay)  # one layer per batch, not n
+    with pytest.raises(GreenpruneError, match="kl-depth"):
+        PlanOptions(kl_depth=-1).validate()
