@@ -4,16 +4,15 @@ import random
 
 import pytest
 import torch
+from helpers import tiny_model
 
-from greenprune.families import shape_of
 from greenprune.errors import GreenpruneError
-from greenprune.scoring.scorers import score_model
+from greenprune.families import shape_of
 from greenprune.planning.kl_tables import LayerwiseKL, measure_kl_tables
 from greenprune.planning.options import PlanOptions
 from greenprune.planning.planner import _solve, check_layer_drops, make_plan
 from greenprune.pruning.prune import prune_model
-
-from helpers import tiny_model
+from greenprune.scoring.scorers import score_model
 
 
 @pytest.mark.parametrize("seed", range(5))
