@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+from .._version import __version__
 from ..data import corpus
 from ..evaluation.cache import ResultCache
 from ..evaluation.metrics import (
@@ -43,7 +44,8 @@ def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dic
     out = {"dense": {}, "pruned": {}}
     for name, texts in heldout.items():
         with timer(f"eval_{name}"):
-            key = {"kind": "dense_bpb", "model": dense_identity, "texts": _digest(texts), "seq_len": opts.seq_len}
+            key = {"kind": "dense_bpb", "greenprune": __version__, "model": dense_identity, "texts": _digest(texts),
+                   "seq_len": opts.seq_len}
             cached = cache.get(key) if cache is not None else None
             d, p, a = pair_metrics(dense, dense_tok, pruned, pruned_tok, texts, vocab_keep, opts.seq_len,
                                    opts.progress, dense_bpb=cached)
@@ -59,7 +61,8 @@ def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dic
     if opts.nextline_samples:
         samples = next_line_samples(heldout[first], opts.nextline_samples)
         with timer("eval_nextline"):
-            key = {"kind": "dense_next_line", "model": dense_identity, "samples": _digest(samples)}
+            key = {"kind": "dense_next_line", "greenprune": __version__, "model": dense_identity,
+                   "samples": _digest(samples)}
             cached = cache.get(key) if cache is not None else None
             if cached is None:
                 cached = next_line_exact_match(dense, dense_tok, samples, progress=opts.progress)
