@@ -4,7 +4,12 @@ import torch
 from helpers import tiny_model
 
 from greenprune.evaluation.cache import ResultCache
-from greenprune.evaluation.metrics import LineDecided, agreement, bits_per_byte, pair_metrics
+from greenprune.evaluation.metrics import (
+    LineDecided,
+    agreement,
+    bits_per_byte,
+    pair_metrics,
+)
 from greenprune.jobs.evaluate import evaluate_pair
 from greenprune.jobs.options import JobOptions, Timer
 
