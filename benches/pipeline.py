@@ -90,6 +90,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="scale the job's token budgets and samples")
     ap.add_argument("--layers", type=int, default=None,
                     help="prune a copy of the model cut to its first N decoder layers (faster iteration)")
+    ap.add_argument("--kl-depth", type=int, default=None, help="PlanOptions.kl_depth (default: the job's, exact)")
     ap.add_argument("--label", default="", help="a name for this version, kept in the JSON")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benches/results/pipeline-DATE.json)")
     a = ap.parse_args(argv)
@@ -97,6 +98,8 @@ def main(argv=None) -> dict:
     keep = tempfile.TemporaryDirectory()
     model = a.model if a.layers is None else str(truncated(a.model, a.layers, Path(keep.name) / "model"))
     opts = scaled(replace(JobOptions(), model=model, progress=False, overwrite=True), a.scale)
+    if a.kl_depth is not None:
+        opts = replace(opts, plan=replace(opts.plan, kl_depth=a.kl_depth))
     dense, _ = load_model(opts.model)
     shape = shape_of(dense)
     tps_before = cpu_tokens_per_second(dense, dense.config.vocab_size)
@@ -120,6 +123,7 @@ def main(argv=None) -> dict:
     quality = {k: v.get("bpb_ratio") for k, v in ev.get("pruned", {}).items() if isinstance(v, dict) and "bpb_ratio" in v}
     result = {
         "benchmark": "pipeline", "label": a.label, "scale": a.scale, "layers": a.layers, "model": a.model,
+        "kl_depth": opts.plan.kl_depth,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(), "cpu": cpu_name(), "loadavg": list(Path("/proc/loadavg").read_text().split()[:3])},
         "command": " ".join(sys.argv),
