@@ -5,10 +5,16 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 from .._version import __version__
 from ..errors import GreenpruneError
+from ..modelio.load import cache_dir
+from ..modelio.reports import read_report
+from ..modelio.save import check_output
 from . import deploy, evaluate, prune, recover, search
 
 log = logging.getLogger("greenprune")
@@ -28,17 +34,78 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# options that name what a command reads: --out must never be, contain or lie inside any of them
+INPUT_OPTIONS = ("model", "reference", "data", "eval_data", "plan", "tokenizer", "completions", "lm_eval_include")
+DEFAULT_MODEL_DIR = "SmolLM2-135M-Instruct"  # under the cache directory (modelio.load.default_model_dir)
+
+
+def inputs_of(a) -> list[tuple[str, object]]:
+    """(option, spec) of every input the command line names, the dense model a pruned one's report names, and
+    the embedded default model where --model is left out."""
+    found = []
+    for name in INPUT_OPTIONS:
+        v = getattr(a, name, None)
+        for spec in v if isinstance(v, (list, tuple)) else [v]:
+            if spec is not None:
+                found.append((f"--{name.replace('_', '-')}", spec))
+    model = getattr(a, "model", "")
+    if model is None:
+        found.append(("(the default model)", cache_dir() / DEFAULT_MODEL_DIR))
+    elif model and Path(model).is_dir():
+        src = (read_report(model) or {}).get("source_model")
+        if src:
+            found.append((f"(the dense model of {model})", src))
+    return found
+
+
+def check_out(a) -> None:
+    """Refuse, before any work, an --out that would destroy an input, is the wrong kind of file, or cannot be written."""
+    out = getattr(a, "out", None)
+    if out is None:
+        return
+    if a.cmd != "eval":
+        check_output(out, inputs_of(a))
+    elif Path(out).suffix == ".json":
+        check_output(out, inputs_of(a), writes="a JSON report", file_suffix=".json")
+    else:
+        check_output(out, inputs_of(a), writes="a new directory (or, named FILE.json, a JSON report)",
+                     replaces_dir=False)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean unwinding as Ctrl-C (scratch removed, nothing half-written)."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("GREENPRUNE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     a.command_line = shlex.join(["greenprune", *argv])  # recorded in results (bench.json)
     try:
-        return RUNNERS[a.cmd](a)
+        with terminate_as_interrupt():
+            check_out(a)
+            return RUNNERS[a.cmd](a)
     except GreenpruneError as e:
         print(f"greenprune: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        code = 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
         if a.cmd == "search":
             print(f"greenprune: interrupted; finished generations are checkpointed in {a.out} "
                   f"(continue with the same command and --resume)", file=sys.stderr)
@@ -47,7 +114,7 @@ def main(argv=None) -> int:
                   f"{a.out}.ckpt: run the same command again to resume", file=sys.stderr)
         else:
             print("greenprune: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return code
 
 
 if __name__ == "__main__":

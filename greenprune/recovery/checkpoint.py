@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import GreenpruneError
-from ..modelio.save import write_json_atomic
+from ..modelio.save import WRITE_ERRORS, remove_stale_scratch, write_json_atomic
 
 LATEST = "latest.json"
 
@@ -42,6 +42,8 @@ def save_checkpoint(folder: Path, step: int, trainable: dict[str, torch.Tensor],
     name = f"step-{step:07d}"
     tmp = folder / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    for p in sorted(folder.glob(".step-*.partial-*")):  # scratch of killed runs (pid gone): it would fill the disk
+        remove_stale_scratch(folder, p.name.rsplit("-", 1)[0] + "-")
     try:
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
@@ -51,11 +53,12 @@ def save_checkpoint(folder: Path, step: int, trainable: dict[str, torch.Tensor],
         os.replace(tmp, folder / name)
         previous = latest_step(folder)
         write_json_atomic(folder / LATEST, {"step": step, "dir": name})
-    except OSError as e:
+    except (*WRITE_ERRORS, GreenpruneError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         last = latest_step(folder)
         kept = f"the last good checkpoint (step {last}) is intact in {folder}" if last is not None else "no earlier checkpoint exists"
-        raise GreenpruneError(f"could not write the checkpoint of step {step} to {folder}: {e.strerror or e}; "
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise GreenpruneError(f"could not write the checkpoint of step {step} to {folder}: {reason}; "
                               f"{kept}; free space and run the same command again to resume") from e
     if previous is not None and previous != step:
         shutil.rmtree(folder / f"step-{previous:07d}", ignore_errors=True)
