@@ -68,6 +68,27 @@ def _post_processor_tokens(node, token_id: Callable[[str], int] | None = None) -
     return found
 
 
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet: the symbol standing for each byte value 0..255 in byte-level BPE vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def missing_bytes(tokenizer) -> list[int]:
+    """Byte values the tokenizer has no token for (byte-level symbol, or <0xXX> under byte fallback): text whose
+    UTF-8 holds one becomes the unknown token there, in the dense tokenizer and in every pruned one alike.
+    SmolLM2 lacks 21: 0x04 0x06 0x13 0x14 0x16 0x1D, 0xC0 0xC1 and 0xF5..0xFF (never in valid UTF-8), and the
+    lead bytes 0xF1 0xF2 (U+40000..U+BFFFF, unassigned planes 4 to 11)."""
+    spec = _bpe_json(tokenizer)
+    vocab = spec["model"]["vocab"]
+    fallback = bool(spec["model"].get("byte_fallback"))
+    byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+    return [b for b, sym in enumerate(_byte_symbols())
+            if not (fallback and f"<0x{b:02X}>" in vocab) and not (byte_level and sym in vocab)]
+
+
 def token_counts(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray:
     """int64 counts[vocab_size] of the token ids the tokenizer produces on texts (no special tokens added)."""
     backend = tokenizer.backend_tokenizer

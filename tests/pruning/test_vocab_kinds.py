@@ -16,7 +16,7 @@ from greenprune.errors import GreenpruneError
 from greenprune.families import shape_of
 from greenprune.planning.plan import LayerPlan, PruningPlan
 from greenprune.pruning.prune import prune_model
-from greenprune.pruning.vocab import (choose_vocabulary, close_vocabulary, model_token_ids, prune_tokenizer,
+from greenprune.pruning.vocab import (choose_vocabulary, close_vocabulary, missing_bytes, model_token_ids, prune_tokenizer,
                                       token_counts)
 
 TRAIN = [
@@ -143,6 +143,7 @@ def test_byte_fallback_keeps_all_256_byte_tokens():
     tok = _gemma_like()
     pruned = prune_tokenizer(tok, close_vocabulary(tok, []))
     assert all(f"<0x{b:02X}>" in pruned.get_vocab() for b in range(256))
+    assert missing_bytes(tok) == missing_bytes(pruned) == [] == missing_bytes(_llama3_like())
     assert pruned.convert_ids_to_tokens(_ids(pruned, "\x04")) == ["<0x04>"]
     assert pruned.decode(_ids(pruned, "\U00040000")) == "\U00040000"
 
