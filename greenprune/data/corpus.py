@@ -117,16 +117,23 @@ def _datasets_rows(spec: str) -> list[Document]:
     return [Document(f"{spec}:{i}", t) for i, row in enumerate(ds) if (t := row_text(row))]
 
 
+def _package_dir(spec: str) -> Path:
+    name = spec.split(":", 1)[1]
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise GreenpruneError(f"{spec}: no installed package named '{name}'")
+    return Path(list(found.submodule_search_locations)[0])
+
+
 def load_documents(spec: str) -> list[Document]:
     """All documents of a data spec (unsplit), in a stable order."""
     if spec == "stdlib":
         return _read_tree(Path(sysconfig.get_paths()["stdlib"]), {".py"})
     if spec.startswith("pypkg:"):
-        name = spec.split(":", 1)[1]
-        found = importlib.util.find_spec(name)
-        if found is None or not found.submodule_search_locations:
-            raise GreenpruneError(f"{spec}: no installed package named '{name}'")
-        return _read_tree(Path(list(found.submodule_search_locations)[0]), {".py"})
+        return _read_tree(_package_dir(spec), {".py"})
     if spec.startswith("datasets:"):
         return _datasets_rows(spec.split(":", 1)[1])
     path = Path(spec).expanduser()
@@ -142,6 +149,21 @@ def load_documents(spec: str) -> list[Document]:
         return [Document(path.name, path.read_text(encoding="utf-8"))]
     except UnicodeDecodeError as e:
         raise GreenpruneError(f"{spec}: not UTF-8 text") from e
+
+
+def check_spec(spec: str) -> None:
+    """A one-line error now for a data spec that cannot be read (before a model is loaded): a missing path or
+    package; a local file is read in full (it is cheap, and a bad row is found before the work)."""
+    if spec == "stdlib" or spec.startswith("datasets:"):
+        return
+    if spec.startswith("pypkg:"):
+        _package_dir(spec)
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise GreenpruneError(f"data path not found: {spec}")
+    if path.is_file():
+        load_documents(spec)
 
 
 def calibration_and_heldout(spec: str, eval_fraction: float = 0.25) -> tuple[list[Document], list[Document]]:
