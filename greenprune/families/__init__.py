@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 
 from ..errors import GreenpruneError
-from .base import LAYER_KEY, Family, layer_of
+from .base import LAYER_KEY, PER_LAYER_PREFIX, Family, layer_of
 from .shape import ModelShape
 
 _NOT_FAMILIES = {"base", "shape"}
@@ -23,7 +23,8 @@ def _discover() -> dict[str, Family]:
         fam = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILY", None)
         if not isinstance(fam, Family):
             raise ImportError(f"greenprune.families.{info.name} defines no FAMILY")
-        for mt in fam.model_types:
+        # each model type's per-layer save (greenprune_<type>, modelio/modeling_greenprune.py) is the same family
+        for mt in (*fam.model_types, *(PER_LAYER_PREFIX + t for t in fam.model_types)):
             if mt in found:
                 raise ImportError(f"model type {mt!r} claimed by families {found[mt].name} and {fam.name}")
             found[mt] = fam
@@ -65,5 +66,5 @@ def shape_of(config_or_model) -> ModelShape:
     return family_for(config).shape(config)
 
 
-__all__ = ["FAMILIES", "LAYER_KEY", "SUPPORTED_MODEL_TYPES", "Family", "ModelShape", "check_architecture",
+__all__ = ["FAMILIES", "LAYER_KEY", "PER_LAYER_PREFIX", "SUPPORTED_MODEL_TYPES", "Family", "ModelShape", "check_architecture",
            "family_for", "layer_of", "shape_of", "supported_summary"]

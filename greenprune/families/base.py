@@ -26,6 +26,7 @@ from torch import nn
 
 from .shape import ModelShape
 
+PER_LAYER_PREFIX = "greenprune_"  # per-layer saves: model type greenprune_<type> (modelio/modeling_greenprune.py)
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")  # a decoder layer's tensor in the state dict
 
 
@@ -40,9 +41,8 @@ class Family:
     kv_rows: tuple[str, ...] = ("self_attn.k_proj", "self_attn.v_proj")
     o_cols: tuple[str, ...] = ("self_attn.o_proj",)
     vocab_keys: tuple[str, ...] = ("model.embed_tokens.weight", "lm_head.weight")  # rows = token ids
-    # whether its decoder layers compute exactly what Llama layers compute, so that per-layer widths can be saved
-    # as greenprune_llama (modelio/per_layer.py) and exported as plain Llama / DeciLM checkpoints; a family whose
-    # layers differ gets uniform plans only, saved as its own model type
+    # whether its decoder layers compute exactly what Llama layers compute, so that a save can be exported as a
+    # plain Llama / DeciLM checkpoint (deploy/export.py); per-layer saves of every family are greenprune_<type>
     llama_layers = True
     # transformers classes of one decoder layer and of the rotary embedding (layer streaming builds them)
     decoder_layer_class = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"

@@ -8,7 +8,7 @@ class Qwen2Family(Family):
     name = "qwen2"
     model_types = ("qwen2",)
     description = "Qwen2, Qwen2.5, CodeQwen1.5"
-    llama_layers = False  # Llama layers have no q/k/v-only biases: uniform plans only (a plain qwen2 checkpoint)
+    llama_layers = False  # Llama layers have no q/k/v-only biases: not exported as Llama / DeciLM
     decoder_layer_class = "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer"
     rotary_class = "transformers.models.qwen2.modeling_qwen2.Qwen2RotaryEmbedding"
 

@@ -14,7 +14,7 @@ Bias compensation (FLAP): a removed channel j still has a mean E[x_j]; its mean 
 b = sum_{j in R} W[:, j] E[x_j] is folded into an output bias, so only the fluctuation around the mean is lost.
 With the refit, the intercept is fitted jointly (ridge regression with an unpenalised intercept): the refit
 uses the covariance C = G/n - mu mu^T instead of the second moments, and b = W mu - W'_K mu_K.
-Llama has no down_proj / o_proj bias: the pruned model carries them as greenprune_llama config fields
+Most families have no down_proj / o_proj bias: the pruned model carries them as greenprune_<type> config fields
 (`down_proj_bias`, `o_proj_bias`, modelio/per_layer.py), zero where a layer kept everything.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from ..errors import GreenpruneError
 from ..families import family_for
-from ..modelio.per_layer import add_output_biases_, heterogeneous_config
+from ..modelio.per_layer import add_output_biases_, heterogeneous_config, is_per_layer
 from ..planning.plan import PruningPlan
 
 
@@ -69,13 +69,11 @@ def refit_with_intercept(weight: torch.Tensor, gram: torch.Tensor, mean: torch.T
 
 def enable_output_biases_(model, down: bool, o: bool) -> None:
     """Give every decoder layer's down_proj / o_proj a (zero) bias and record it in the config, so the saved
-    model reloads with them: a plain llama config becomes greenprune_llama with uniform per-layer lists."""
+    model reloads with them: a plain config becomes greenprune_<type> with uniform per-layer lists."""
     cfg = model.config
     if not (down or o):
         return
-    if cfg.model_type != "greenprune_llama":
-        if not family_for(cfg).llama_layers:
-            raise GreenpruneError(f"bias compensation needs a Llama/Mistral layout, not '{cfg.model_type}'")
+    if not is_per_layer(cfg):
         n = cfg.num_hidden_layers
         new = heterogeneous_config(cfg, [cfg.intermediate_size] * n, [cfg.num_attention_heads] * n,
                                    [cfg.num_key_value_heads] * n)

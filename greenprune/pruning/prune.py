@@ -12,15 +12,17 @@ import torch
 
 from ..errors import GreenpruneError
 from ..families import family_for, layer_of, shape_of
-from ..modelio.per_layer import heterogeneous_config
+from ..modelio.per_layer import heterogeneous_config, is_per_layer
 from ..planning.plan import PruningPlan
 
 _TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 
 
 def derive_config(config, plan: PruningPlan):
-    """The pruned model's config: a plain config of the dense type for uniform plans, else greenprune_llama."""
-    fam = family_for(config)
+    """The pruned model's config: a plain config of the dense type for uniform plans, else greenprune_<type>."""
+    family_for(config)
+    if is_per_layer(config):
+        raise GreenpruneError("this model is already pruned per layer; prune the dense model instead")
     shape = plan.shape
     widths = [lp.ffn_width for lp in plan.layers]
     kv = [lp.kv_heads for lp in plan.layers]
@@ -31,11 +33,6 @@ def derive_config(config, plan: PruningPlan):
         cfg.num_key_value_heads = kv[0]
         cfg.num_attention_heads = heads[0]
     else:
-        if not fam.llama_layers:
-            raise GreenpruneError(
-                f"per-layer widths are saved as greenprune_llama, which covers Llama/Mistral layouts, not "
-                f"'{config.model_type}'; use a uniform plan (--uniform) for this model"
-            )
         cfg = heterogeneous_config(config, widths, heads, kv)
     cfg.head_dim = shape.head_dim  # explicit: heads change, head size does not
     cfg.num_hidden_layers = len(plan.layers)
@@ -77,7 +74,7 @@ def pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
 
 def check_plan_matches(model, plan: PruningPlan) -> None:
     got = shape_of(model)
-    if model.config.model_type == "greenprune_llama":
+    if is_per_layer(model.config):
         raise GreenpruneError("this model is already pruned per layer; prune the dense model instead")
     if got != plan.shape:
         raise GreenpruneError(f"plan was made for a different model shape: plan {plan.shape}, model {got}")

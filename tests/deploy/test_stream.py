@@ -147,3 +147,32 @@ def test_freed_large_blocks_go_back_to_the_system():
     grown, after = map(int, out.stdout.split())
     assert grown > 150 * 2**20
     assert after < grown * 0.6  # half the bytes freed, and their pages gone from the process
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
+def test_streaming_other_families_equals_in_memory_prune(tmp_path, kind):
+    """Qwen2 (q/k/v biases) and Mistral (a sliding window shorter than the blocks) stream per-layer plans into
+    greenprune_<type> saves that equal the whole-model prune (this crashed on both before)."""
+    from transformers import MistralConfig, Qwen2Config
+
+    kw = dict(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    cfg = Qwen2Config(**kw) if kind == "qwen2" else MistralConfig(**kw, sliding_window=8)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0, 0.1)
+    m.save_pretrained(tmp_path / "dense")
+    opts = StreamOptions(PlanOptions(ratio=0.3, align=8), method="global")
+    blocks = _blocks()
+    stream_prune(str(tmp_path / "dense"), str(tmp_path / "out"), blocks, opts, progress=False)
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", dtype=torch.float32).eval()
+    plan = make_stream_plan(shape_of(dense.config), score_model(dense, blocks, opts.scorer, progress=False), opts)
+    assert not plan.is_uniform
+    ref = prune_model(dense, plan)
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert got.config.model_type == f"greenprune_{kind}"
+    with torch.no_grad():
+        assert torch.equal(got(blocks).logits, ref(blocks).logits)

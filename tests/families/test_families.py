@@ -32,7 +32,7 @@ def _model(kind, seed=0):
 
 
 def test_every_family_module_is_registered_and_claims_its_types():
-    assert {"llama", "mistral", "qwen2", "greenprune_llama"} <= set(FAMILIES)
+    assert {"llama", "mistral", "qwen2", "greenprune_llama", "greenprune_qwen2"} <= set(FAMILIES)
     assert family_for("greenprune_llama") is family_for("llama")
     with pytest.raises(GreenpruneError, match="unsupported architecture 'gpt2'.*qwen2"):
         family_for("gpt2")
@@ -72,7 +72,7 @@ def test_pruned_model_is_what_masked_replay_computes(kind):
     change: the physically pruned model's KL to the dense one equals the replayed KL, with its biases."""
     m = _model(kind)
     shape = shape_of(m)
-    plan = _plan(shape, family_for(m).llama_layers)
+    plan = _plan(shape, True)  # every family saves per-layer widths (greenprune_<type>)
     pruned = prune_model(m, plan)
     assert num_params(pruned) == plan.params()
     blocks = torch.randint(0, 101, (3, 16))

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from greenprune.families import shape_of
 import greenprune  # noqa: F401  (registers greenprune_llama)
 from greenprune.errors import GreenpruneError
-from greenprune.modelio.per_layer import GreenpruneLlamaForCausalLM
+from greenprune.modelio.per_layer import per_layer_classes
 from greenprune.planning.plan import LayerPlan, PruningPlan, identity_plan
 from greenprune.families import ModelShape
 from greenprune.pruning.prune import prune_model
@@ -54,7 +54,7 @@ def test_param_arithmetic_matches_real_pruned_models(seed, uniform):
     plan = random_plan(shape, random.Random(seed), uniform=uniform)
     pm = prune_model(m, plan)
     assert sum(p.numel() for p in pm.parameters()) == plan.params()
-    assert (type(pm) is GreenpruneLlamaForCausalLM) == (not plan.is_uniform)
+    assert (type(pm) is per_layer_classes("llama")[1]) == (not plan.is_uniform)
 
 
 def test_removing_zero_channels_changes_nothing():
