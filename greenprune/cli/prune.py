@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
               "down_proj/o_proj biases", "on for per-layer plans, off for uniform ones")
     switch(p, "--recover", "LoRA self-distillation toward the dense model before eval")
     add_recover_args(p, prefix="recover-")
-    p.add_argument("--plan", default=None, help="apply this plan.json instead of planning")
+    p.add_argument("--plan", default=None, help="apply this plan.json instead of planning (default: none, plan here)")
     option(p, "--out", "out/pruned", "output directory")
     switch(p, "--overwrite", "replace the output directory if it exists")
     switch(p, "--no-eval", "skip evaluation")

@@ -20,7 +20,7 @@ from ..evaluation.cache import ResultCache
 from ..evaluation.tasks import run_tasks
 from ..families import shape_of
 from ..modelio.load import load_model, num_params
-from ..modelio.reports import DEFAULT_SOURCE, REPORT_NAME
+from ..modelio.reports import REPORT_NAME, source_spec
 from ..modelio.save import dir_size, save_model_dir, write_json_atomic
 from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
 from ..planning.plan import PruningPlan, resolve_plan
@@ -66,7 +66,8 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
         blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
     with timer("importance"):
         scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=bool(opts.reconstruct))
-    extra = {"block_influence": scores.block_influence, "scores": scores}
+    extra = {"block_influence": scores.block_influence, "scores": scores,
+             "calibration_tokens": {"requested": opts.calib_tokens, "used": int(blocks.numel())}}
     if opts.plan_file:
         return resolve_plan(plan_file, scores.ffn, scores.kv), extra
     vocab_keep = None
@@ -107,9 +108,10 @@ def run_prune(opts: JobOptions) -> dict:
     plan_file = check_inputs(opts)
     torch.manual_seed(0)
     with timer("data"):  # before the model: a bad corpus is found in seconds, not after minutes of loading
-        calib, held = corpus.calibration_and_heldout(opts.data)
+        calib, held = corpus.calibration_and_heldout(opts.data, suffixes=opts.suffixes)
     with timer("load"):
         dense, tok = load_model(opts.model)  # checks the architecture
+    calib, held = corpus.render_chats(tok, calib), corpus.render_chats(tok, held)
     plan, extra = build_plan(dense, tok, opts, calib, timer, plan_file)
     with timer("prune"):
         pruned = prune_model(dense, plan)
@@ -128,7 +130,8 @@ def run_prune(opts: JobOptions) -> dict:
                                                             out, opts.data, opts.eval_data)
     report = {
         "greenprune_version": __version__,
-        "source_model": str(opts.model or DEFAULT_SOURCE),
+        "source_model": source_spec(opts.model),
+        "data": {"calibration": source_spec(opts.data), "calibration_tokens": extra.pop("calibration_tokens")},
         "options": _jsonable(asdict(opts)),
         "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
         "plan": plan.to_dict(),
