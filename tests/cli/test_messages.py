@@ -1,6 +1,7 @@
 """What the command line tells the user: absolute sources in reports, budgets it could not fill, next-line
 samples, a bench without a dense reference, silenced progress bars, every default in --help."""
 import json
+import re
 
 from greenprune.cli import build_parser, main
 
@@ -41,3 +42,16 @@ def test_help_shows_every_default():
                     and not a.option_strings[0].startswith("--no-") and "default" not in a.help:
                 missing.append(f"{name} {a.option_strings[0]}")
     assert not missing, missing
+
+
+def test_readme_lists_every_option_of_every_command():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- options:begin -->", 1)[1].split("<!-- options:end -->", 1)[0]
+    sections = dict(zip(*[iter(re.split(r"^`greenprune (\w+)`$", block, flags=re.M)[1:])] * 2))
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [f"{name} {opt}" for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
+               if opt not in ("-h", "--help") and f"`{opt}" not in sections.get(name, "") and f" {opt}`" not in
+               sections.get(name, "") and f", {opt}" not in sections.get(name, "")]
+    assert not missing, f"not in the README's options table (run scripts/options_table.py --write): {missing}"
