@@ -75,6 +75,11 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
     The dense model's bits per byte need its own tokenization; where that equals the pruned tokenization mapped
     back to dense ids (no vocabulary pruning, or no text touching a dropped token) its pass is shared with the KL.
     Otherwise the dense bits per byte take one more pass, unless `dense_bpb` (a cached result) is given."""
+    if any(getattr(m.config, "final_logit_softcapping", None) for m in (dense, pruned)):
+        # the logits are not the head's output alone (Gemma 2): bits per byte from the models' own logits
+        d = dense_bpb or bits_per_byte(dense, dense_tokenizer, texts, seq_len, progress)
+        return d, bits_per_byte(pruned, pruned_tokenizer, texts, seq_len, progress), agreement(
+            dense, pruned, pruned_tokenizer, texts, vocab_keep, seq_len, progress)
     keep = None if vocab_keep is None else torch.as_tensor(vocab_keep)
     fd, fp = family_for(dense), family_for(pruned)
     head_d, head_p = fd.lm_head(dense), fp.lm_head(pruned)
