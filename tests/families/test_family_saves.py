@@ -243,3 +243,14 @@ print("ok", len({dirs!r}))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == f"ok {len(dirs)}", r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind", ["gemma3_text", "starcoder2", "phi3"])
+def test_fused_swiglu_serving_refuses_other_mlps(saves, kind):
+    """Gemma's gelu, StarCoder2's ungated and Phi-3's fused MLPs are not what the fused SwiGLU op computes:
+    refused in one line rather than served wrong."""
+    from greenprune.deploy.serving import fuse_for_serving
+    from greenprune.errors import GreenpruneError
+
+    with pytest.raises(GreenpruneError, match="fused SwiGLU op needs a SiLU-gated MLP"):
+        fuse_for_serving(saves[kind][1])
