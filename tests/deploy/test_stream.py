@@ -176,3 +176,14 @@ def test_streaming_other_families_equals_in_memory_prune(tmp_path, kind):
     assert got.config.model_type == f"greenprune_{kind}"
     with torch.no_grad():
         assert torch.equal(got(blocks).logits, ref(blocks).logits)
+
+
+def test_streaming_refuses_a_family_it_cannot_stream_before_any_work(tmp_path):
+    from transformers import Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=101, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+                           num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "dense")
+    with pytest.raises(GreenpruneError, match=r"^\S+: layer streaming supports .*Qwen2.*, not Gemma 3 \(text\); prune it in memory"):
+        stream_prune(str(tmp_path / "dense"), str(tmp_path / "out"), _blocks(), StreamOptions(), progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.stream-state").exists()
