@@ -254,3 +254,12 @@ def test_fused_swiglu_serving_refuses_other_mlps(saves, kind):
 
     with pytest.raises(GreenpruneError, match="fused SwiGLU op needs a SiLU-gated MLP"):
         fuse_for_serving(saves[kind][1])
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma3_text"])
+def test_cached_generation_with_per_layer_kv_heads_matches_the_dense_model(saves, kind):
+    """The KV cache holds a different number of heads per layer (and Gemma's sliding layers past the window)."""
+    m, pruned, d, x, dense = saves[kind]
+    prompt = x[:1, :8]
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert torch.equal(m.generate(prompt, **kw), pruned.generate(prompt, **kw))
