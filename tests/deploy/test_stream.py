@@ -149,21 +149,22 @@ def test_freed_large_blocks_go_back_to_the_system():
     assert after < grown * 0.6  # half the bytes freed, and their pages gone from the process
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
+@pytest.mark.parametrize("kind", ["qwen2", "mistral", "qwen3"])
 def test_streaming_other_families_equals_in_memory_prune(tmp_path, kind):
-    """Qwen2 (q/k/v biases) and Mistral (a sliding window shorter than the blocks) stream per-layer plans into
-    greenprune_<type> saves that equal the whole-model prune (this crashed on both before)."""
-    from transformers import MistralConfig, Qwen2Config
+    """Qwen2 (q/k/v biases), Mistral (a sliding window shorter than the blocks) and Qwen3 (q/k norms) stream
+    per-layer plans into greenprune_<type> saves that equal the whole-model prune (Qwen2 and Mistral crashed)."""
+    from transformers import MistralConfig, Qwen2Config, Qwen3Config
 
     kw = dict(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
-    cfg = Qwen2Config(**kw) if kind == "qwen2" else MistralConfig(**kw, sliding_window=8)
+    cfg = {"qwen2": lambda: Qwen2Config(**kw), "qwen3": lambda: Qwen3Config(**kw, head_dim=16),
+           "mistral": lambda: MistralConfig(**kw, sliding_window=8)}[kind]()
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():
         for n, p in m.named_parameters():
-            if n.endswith(".bias"):
-                p.normal_(0, 0.1)
+            if n.endswith(".bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
     m.save_pretrained(tmp_path / "dense")
     opts = StreamOptions(PlanOptions(ratio=0.3, align=8), method="global")
     blocks = _blocks()
