@@ -263,3 +263,18 @@ def test_cached_generation_with_per_layer_kv_heads_matches_the_dense_model(saves
     prompt = x[:1, :8]
     kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
     assert torch.equal(m.generate(prompt, **kw), pruned.generate(prompt, **kw))
+
+
+def test_export_refuses_per_layer_saves_its_layouts_cannot_hold(saves):
+    """A per-layer Qwen2 or Gemma save is not a Llama / DeciLM checkpoint, nor is a windowed Mistral: refused in
+    one line naming what is supported (the widest layer's globals were read as every layer's before)."""
+    from greenprune.deploy.export import read_layout
+    from greenprune.errors import GreenpruneError
+
+    for kind in ("qwen2", "gemma3_text"):
+        with pytest.raises(GreenpruneError, match=rf"cannot export model_type 'greenprune_{kind}' as Llama / DeciLM \(supported: .*greenprune_llama"):
+            read_layout(saves[kind][2])
+    with pytest.raises(GreenpruneError, match="sliding-window attention"):
+        read_layout(saves["mistral-window"][2])
+    cfg, layers, _ = read_layout(saves["llama"][2])
+    assert [l.ffn_width for l in layers] == [32, 40, 40] and [l.kv_heads for l in layers] == [1, 2, 2]
