@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import GreenpruneError
-from ..families import family_for
+from ..families import FAMILIES, family_for
 from ..kernels import fuse_gate_up, lm_head_argmax, swiglu_ffn
 
 
@@ -44,6 +44,11 @@ def fuse_for_serving(model) -> int:
     """Replace every decoder layer's MLP of `model` in place by FusedSwiGLU; returns how many were replaced.
     The gate/up weights are concatenated once (the model then holds that copy instead of the two matrices)."""
     fam, n = family_for(model), 0
+    if not fam.swiglu_mlp(model.config):
+        ok = sorted({f.description or f.name for f in FAMILIES.values() if f.ffn_rows == ("mlp.gate_proj", "mlp.up_proj")})
+        raise GreenpruneError(f"the fused SwiGLU op needs a SiLU-gated MLP with gate_proj / up_proj ({', '.join(ok)} "
+                              f"with hidden_act silu); {fam.description or fam.name} with hidden_act "
+                              f"'{getattr(model.config, 'hidden_act', None)}' runs eager only")
     for layer in fam.layers(model):
         if isinstance(fam.mlp(layer), FusedSwiGLU):
             continue

@@ -122,6 +122,11 @@ class Family:
         """Module names LoRA adapts (every projection of a decoder layer)."""
         return tuple(p.rsplit(".", 1)[-1] for p in (*self.q_rows, *self.kv_rows, *self.o_cols, *self.ffn_rows, *self.ffn_cols))
 
+    def swiglu_mlp(self, config) -> bool:
+        """Whether its MLP is down(silu(gate(x)) * up(x)) with separate gate_proj / up_proj (greenprune's fused
+        SwiGLU serving op computes exactly that and nothing else)."""
+        return self.ffn_rows == ("mlp.gate_proj", "mlp.up_proj") and getattr(config, "hidden_act", None) == "silu"
+
     def fold_ffn_rows(self, per_row: torch.Tensor) -> torch.Tensor:
         """Per-row values of one `ffn_in` projection as per-channel values [F] (fused projections override)."""
         return per_row

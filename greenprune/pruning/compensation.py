@@ -71,6 +71,10 @@ def enable_output_biases_(model, down: bool, o: bool) -> None:
     """Give every decoder layer's down_proj / o_proj a (zero) bias and record it in the config, so the saved
     model reloads with them: a plain config becomes greenprune_<type> with uniform per-layer lists."""
     cfg = model.config
+    fam = family_for(cfg)
+    first = fam.layers(model)[0]
+    down = down and fam.ffn_out(first).bias is None  # StarCoder2's c_proj / o_proj have biases of their own
+    o = o and fam.attn_out(first).bias is None
     if not (down or o):
         return
     if not is_per_layer(cfg):
@@ -82,7 +86,7 @@ def enable_output_biases_(model, down: bool, o: bool) -> None:
         cfg = new
     cfg.down_proj_bias = bool(getattr(cfg, "down_proj_bias", False) or down)
     cfg.o_proj_bias = bool(getattr(cfg, "o_proj_bias", False) or o)
-    for layer in family_for(cfg).layers(model):
+    for layer in fam.layers(model):
         add_output_biases_(layer, cfg.down_proj_bias, cfg.o_proj_bias)
 
 

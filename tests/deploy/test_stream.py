@@ -149,21 +149,22 @@ def test_freed_large_blocks_go_back_to_the_system():
     assert after < grown * 0.6  # half the bytes freed, and their pages gone from the process
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
+@pytest.mark.parametrize("kind", ["qwen2", "mistral", "qwen3"])
 def test_streaming_other_families_equals_in_memory_prune(tmp_path, kind):
-    """Qwen2 (q/k/v biases) and Mistral (a sliding window shorter than the blocks) stream per-layer plans into
-    greenprune_<type> saves that equal the whole-model prune (this crashed on both before)."""
-    from transformers import MistralConfig, Qwen2Config
+    """Qwen2 (q/k/v biases), Mistral (a sliding window shorter than the blocks) and Qwen3 (q/k norms) stream
+    per-layer plans into greenprune_<type> saves that equal the whole-model prune (Qwen2 and Mistral crashed)."""
+    from transformers import MistralConfig, Qwen2Config, Qwen3Config
 
     kw = dict(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
-    cfg = Qwen2Config(**kw) if kind == "qwen2" else MistralConfig(**kw, sliding_window=8)
+    cfg = {"qwen2": lambda: Qwen2Config(**kw), "qwen3": lambda: Qwen3Config(**kw, head_dim=16),
+           "mistral": lambda: MistralConfig(**kw, sliding_window=8)}[kind]()
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():
         for n, p in m.named_parameters():
-            if n.endswith(".bias"):
-                p.normal_(0, 0.1)
+            if n.endswith(".bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
     m.save_pretrained(tmp_path / "dense")
     opts = StreamOptions(PlanOptions(ratio=0.3, align=8), method="global")
     blocks = _blocks()
@@ -176,3 +177,14 @@ def test_streaming_other_families_equals_in_memory_prune(tmp_path, kind):
     assert got.config.model_type == f"greenprune_{kind}"
     with torch.no_grad():
         assert torch.equal(got(blocks).logits, ref(blocks).logits)
+
+
+def test_streaming_refuses_a_family_it_cannot_stream_before_any_work(tmp_path):
+    from transformers import Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=101, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+                           num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "dense")
+    with pytest.raises(GreenpruneError, match=r"^\S+: layer streaming supports .*Qwen2.*, not Gemma 3 \(text\); prune it in memory"):
+        stream_prune(str(tmp_path / "dense"), str(tmp_path / "out"), _blocks(), StreamOptions(), progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.stream-state").exists()

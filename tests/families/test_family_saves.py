@@ -243,3 +243,38 @@ print("ok", len({dirs!r}))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == f"ok {len(dirs)}", r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind", ["gemma3_text", "starcoder2", "phi3"])
+def test_fused_swiglu_serving_refuses_other_mlps(saves, kind):
+    """Gemma's gelu, StarCoder2's ungated and Phi-3's fused MLPs are not what the fused SwiGLU op computes:
+    refused in one line rather than served wrong."""
+    from greenprune.deploy.serving import fuse_for_serving
+    from greenprune.errors import GreenpruneError
+
+    with pytest.raises(GreenpruneError, match="fused SwiGLU op needs a SiLU-gated MLP"):
+        fuse_for_serving(saves[kind][1])
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma3_text"])
+def test_cached_generation_with_per_layer_kv_heads_matches_the_dense_model(saves, kind):
+    """The KV cache holds a different number of heads per layer (and Gemma's sliding layers past the window)."""
+    m, pruned, d, x, dense = saves[kind]
+    prompt = x[:1, :8]
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert torch.equal(m.generate(prompt, **kw), pruned.generate(prompt, **kw))
+
+
+def test_export_refuses_per_layer_saves_its_layouts_cannot_hold(saves):
+    """A per-layer Qwen2 or Gemma save is not a Llama / DeciLM checkpoint, nor is a windowed Mistral: refused in
+    one line naming what is supported (the widest layer's globals were read as every layer's before)."""
+    from greenprune.deploy.export import read_layout
+    from greenprune.errors import GreenpruneError
+
+    for kind in ("qwen2", "gemma3_text"):
+        with pytest.raises(GreenpruneError, match=rf"cannot export model_type 'greenprune_{kind}' as Llama / DeciLM \(supported: .*greenprune_llama"):
+            read_layout(saves[kind][2])
+    with pytest.raises(GreenpruneError, match="sliding-window attention"):
+        read_layout(saves["mistral-window"][2])
+    cfg, layers, _ = read_layout(saves["llama"][2])
+    assert [l.ffn_width for l in layers] == [32, 40, 40] and [l.kv_heads for l in layers] == [1, 2, 2]
