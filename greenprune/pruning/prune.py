@@ -39,15 +39,28 @@ def derive_config(config, plan: PruningPlan):
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [config.layer_types[lp.index] for lp in plan.layers]
     if plan.vocab_keep is not None:
-        remap = {old: new for new, old in enumerate(plan.vocab_keep)}
         cfg.vocab_size = len(plan.vocab_keep)
-        for f in _TOKEN_ID_FIELDS:
-            old = getattr(cfg, f, None)
-            if isinstance(old, int):
-                setattr(cfg, f, remap.get(old))
-            elif isinstance(old, list):
-                setattr(cfg, f, [remap[o] for o in old if o in remap] or None)
+        remap_token_ids_(cfg, plan.vocab_keep)
     return cfg
+
+
+def remap_token_ids_(cfg, vocab_keep) -> None:
+    """Rewrite a config's (or generation_config's) bos/eos/pad/unk ids, int or list, to the kept vocabulary's
+    ids. A dropped eos would silently stop generation from stopping there: that is an error, not a None."""
+    remap = {old: new for new, old in enumerate(vocab_keep)}
+
+    def new_id(f, i):
+        if i not in remap and f == "eos_token_id":
+            raise GreenpruneError(f"the plan's vocabulary drops eos token id {i}: keep every eos id "
+                                  "(vocabulary_for keeps model_token_ids(model))")
+        return remap.get(i)
+
+    for f in _TOKEN_ID_FIELDS:
+        old = getattr(cfg, f, None)
+        if isinstance(old, int):
+            setattr(cfg, f, new_id(f, old))
+        elif isinstance(old, (list, tuple)):
+            setattr(cfg, f, [n for n in (new_id(f, o) for o in old) if n is not None] or None)
 
 
 def pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
@@ -106,7 +119,6 @@ def prune_model(model, plan: PruningPlan):
     family_for(model).carry_buffers_(model, pruned)  # buffers are not in the state dict
     if getattr(model, "generation_config", None) is not None:
         pruned.generation_config = copy.deepcopy(model.generation_config)
-        for f in _TOKEN_ID_FIELDS:
-            if hasattr(pruned.generation_config, f):
-                setattr(pruned.generation_config, f, getattr(cfg, f, None))
+        if plan.vocab_keep is not None:  # its own ids (Llama 3: several eos ids where the config names one)
+            remap_token_ids_(pruned.generation_config, plan.vocab_keep)
     return pruned.eval()

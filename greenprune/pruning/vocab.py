@@ -68,6 +68,27 @@ def _post_processor_tokens(node, token_id: Callable[[str], int] | None = None) -
     return found
 
 
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet: the symbol standing for each byte value 0..255 in byte-level BPE vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def missing_bytes(tokenizer) -> list[int]:
+    """Byte values the tokenizer has no token for (byte-level symbol, or <0xXX> under byte fallback): text whose
+    UTF-8 holds one becomes the unknown token there, in the dense tokenizer and in every pruned one alike.
+    SmolLM2 lacks 21: 0x04 0x06 0x13 0x14 0x16 0x1D, 0xC0 0xC1 and 0xF5..0xFF (never in valid UTF-8), and the
+    lead bytes 0xF1 0xF2 (U+40000..U+BFFFF, unassigned planes 4 to 11)."""
+    spec = _bpe_json(tokenizer)
+    vocab = spec["model"]["vocab"]
+    fallback = bool(spec["model"].get("byte_fallback"))
+    byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+    return [b for b, sym in enumerate(_byte_symbols())
+            if not (fallback and f"<0x{b:02X}>" in vocab) and not (byte_level and sym in vocab)]
+
+
 def token_counts(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray:
     """int64 counts[vocab_size] of the token ids the tokenizer produces on texts (no special tokens added)."""
     backend = tokenizer.backend_tokenizer
@@ -132,35 +153,55 @@ def close_vocabulary(tokenizer, candidate_ids: Iterable[int]) -> list[int]:
     return _close(_bpe_json(tokenizer), candidate_ids)
 
 
+_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
+
+
+def model_token_ids(model) -> set[int]:
+    """Every token id the model's config and generation_config name (bos/eos/pad/unk, int or Llama-3 style
+    list): generation stops at each eos id, so vocabulary pruning must keep all of them."""
+    ids: set[int] = set()
+    for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        for f in _TOKEN_ID_FIELDS:
+            v = getattr(cfg, f, None)
+            ids.update(int(i) for i in ([v] if isinstance(v, int) else v if isinstance(v, (list, tuple)) else ())
+                       if isinstance(i, int) and i >= 0)
+    return ids
+
+
 def choose_vocabulary(tokenizer, texts: Iterable[str], vocab_size: int, token_mass=None, min_count: int = 1,
-                      extra: int = 0, max_removed: int | None = None) -> list[int]:
+                      extra: int = 0, max_removed: int | None = None, keep_ids: Iterable[int] = ()) -> list[int]:
     """Sorted original ids to keep: the tokens `texts` use >= min_count times, plus the `extra` unused tokens
     ranked first, closed under merges (close_vocabulary). Unused tokens rank by `token_mass`, the dense
     model's summed output probability over calibration positions (importance.collect_activation_stats): the
     tokens it expects, which text from outside the corpus needs most. Without it, by id (BPE ids grow with
-    merge rank). If more than `max_removed` tokens would go, tokens are given back in id order.
+    merge rank). If more than `max_removed` tokens would go, tokens are given back in id order. `keep_ids`
+    (model_token_ids: every eos id) are always kept. Embedding rows past the tokenizer's ids (padded
+    vocabularies: the tokenizer never produces them) are dropped.
 
     Measured on SmolLM2-135M, stdlib calibration, vocabulary pruning alone (bits per byte x dense, held-out
     stdlib / rich): used + lowest ids, 21,872 tokens: 0.995 / 1.046; used + dense output mass, 21,205
     tokens: 0.998 / 1.032. The out-of-corpus cost is nearly all in rich's words the corpus never used."""
+    spec = _bpe_json(tokenizer)
+    known = _id_to_token(spec)
+    keep_ids = {int(i) for i in keep_ids if int(i) in known}  # an id past the tokenizer is a padding row
     counts = token_counts(tokenizer, texts, vocab_size)
-    kept = close_vocabulary(tokenizer, np.flatnonzero(counts >= min_count).tolist())
+    kept = _close(spec, set(np.flatnonzero(counts >= min_count).tolist()) | set(keep_ids))
     base = set(kept)
     if token_mass is not None:
         mass = np.asarray(token_mass, dtype=np.float64)
         if mass.shape != (vocab_size,):
             raise GreenpruneError(f"token_mass has shape {mass.shape}, expected ({vocab_size},)")
-        ranked = [int(i) for i in np.argsort(-mass, kind="stable") if int(i) not in base]
+        ranked = [int(i) for i in np.argsort(-mass, kind="stable") if int(i) not in base and int(i) in known]
     else:
-        ranked = [i for i in range(vocab_size) if i not in base]
+        ranked = [i for i in range(vocab_size) if i not in base and i in known]
     if extra > 0:
-        kept = close_vocabulary(tokenizer, base | set(ranked[:extra]))
+        kept = _close(spec, base | set(ranked[:extra]))
     if max_removed is not None and vocab_size - len(kept) > max_removed:
         # give back in id order: a BPE token's parts are earlier merges (lower ids), so the closure adds nothing
         # and exactly `max_removed` tokens go (mass order needed up to 2,300 more parts on a 49k vocabulary)
         have = set(kept)
-        rest = [i for i in range(vocab_size) if i not in have]
-        kept = close_vocabulary(tokenizer, have | set(rest[: vocab_size - max_removed - len(kept)]))
+        rest = [i for i in range(vocab_size) if i not in have and i in known]
+        kept = _close(spec, have | set(rest[: vocab_size - max_removed - len(kept)]))
     return kept
 
 
@@ -238,9 +279,10 @@ def prune_tokenizer(tokenizer, kept_ids: Sequence[int]):
 
 
 def vocabulary_for(tokenizer, shape: ModelShape, texts: Iterable[str], token_mass, ratio: float, min_count: int = 1,
-                   extra: int = 2048) -> list[int]:
+                   extra: int = 2048, keep_ids: Iterable[int] = ()) -> list[int]:
     """The kept vocabulary of a plan removing `ratio` of the parameters: the tokens the calibration texts use +
     the `extra` others the dense model expects most (token_mass), never removing more than the whole parameter
     budget (tokens are given back first)."""
     allowed = int(ratio * shape.dense_params) // shape.vocab_params(1)
-    return choose_vocabulary(tokenizer, texts, shape.vocab_size, token_mass, min_count, extra, max_removed=allowed)
+    return choose_vocabulary(tokenizer, texts, shape.vocab_size, token_mass, min_count, extra, max_removed=allowed,
+                             keep_ids=keep_ids)

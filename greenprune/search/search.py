@@ -36,7 +36,7 @@ from ..planning.plan import PruningPlan
 from ..planning.planner import make_plan
 from ..planning.plots import plot_plan
 from ..planning.widths import bias_reserve
-from ..pruning.vocab import vocabulary_for
+from ..pruning.vocab import model_token_ids, vocabulary_for
 from ..runinfo import machine_info
 from ..scoring.scorers import score_model
 from .fitness import FITNESS, MaskedFitness
@@ -157,7 +157,8 @@ class SearchContext:
         self.vocab_keep = None
         if opts.vocab:  # the same vocabulary as `greenprune prune` (it ranks unused tokens by the dense output mass)
             self.vocab_keep = vocabulary_for(self.tokenizer, self.shape, (d.text for d in self.calib),
-                                             self.scores.token_mass, opts.plan.ratio, extra=opts.vocab_extra)
+                                             self.scores.token_mass, opts.plan.ratio, extra=opts.vocab_extra,
+                                             keep_ids=model_token_ids(self.model))
         self.space(opts).validate()
         self.blocks = corpus.token_blocks(self.tokenizer, self.calib, opts.seq_len, opts.fitness_tokens)
         self.fitness = MaskedFitness(self.model, self.blocks, self.scores.ffn, self.scores.kv, self.vocab_keep,

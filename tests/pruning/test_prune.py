@@ -26,7 +26,8 @@ def random_plan(shape: ModelShape, rng: random.Random, uniform=False, vocab=True
         w, g = (w0, g0) if uniform else (rng.randint(1, shape.intermediate_size), rng.randint(1, shape.num_key_value_heads))
         layers.append(LayerPlan(i, w, g, tuple(sorted(rng.sample(range(shape.intermediate_size), w))),
                                 tuple(sorted(rng.sample(range(shape.num_key_value_heads), g)))))
-    vk = tuple(sorted(rng.sample(range(shape.vocab_size), shape.vocab_size // 2))) if vocab else None
+    # the eos id (2 in tiny_config) stays: a plan dropping it is refused
+    vk = tuple(sorted({2, *rng.sample(range(shape.vocab_size), shape.vocab_size // 2)})) if vocab else None
     return PruningPlan(shape, tuple(layers), vk)
 
 
@@ -85,14 +86,15 @@ def test_removing_zero_channels_changes_nothing():
 def test_vocab_pruning_keeps_rows_of_kept_tokens():
     m = tiny_model(tie_word_embeddings=False)
     shape = shape_of(m.config)
-    keep = tuple(range(0, 97, 3))
+    keep = tuple(sorted({2, *range(0, 97, 3)}))  # with the eos id
     pm = prune_model(m, PruningPlan(shape, identity_plan(shape).layers, keep))
     x_old = torch.tensor([list(keep[:11])])
     x_new = torch.arange(11)[None]
     # the pruned model's logits are the dense logits restricted to the kept ids
-    assert torch.equal(logits(pm, x_new), logits(m, x_old)[..., list(keep)])
+    assert torch.allclose(logits(pm, x_new), logits(m, x_old)[..., list(keep)], atol=1e-6)  # matmul widths differ
     assert pm.config.vocab_size == len(keep)
     assert pm.config.bos_token_id == keep.index(1) if 1 in keep else pm.config.bos_token_id is None
+    assert pm.config.eos_token_id == pm.generation_config.eos_token_id == keep.index(2)
 
 
 def test_dropped_layers_and_layer_idx_renumbered_for_kv_cache():

