@@ -219,9 +219,19 @@ def check_safetensors(path: Path) -> None:
             raise GreenpruneError(f"{path}: corrupt safetensors file (header length {n} > file size {size})")
         try:
             header = json.loads(f.read(n))
-        except ValueError as e:
-            raise GreenpruneError(f"{path}: corrupt safetensors header ({e})") from e
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, RecursionError) as e:
+            raise GreenpruneError(f"{path}: corrupt safetensors header ({str(e)[:100] or type(e).__name__})") from e
+    if not isinstance(header, dict):
+        raise GreenpruneError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
+    offsets = []
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        o = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(o, list) and len(o) == 2 and all(isinstance(x, int) and x >= 0 for x in o) and o[0] <= o[1]):
+            raise GreenpruneError(f"{path}: corrupt safetensors header (tensor {k!r} has no valid data_offsets)")
+        offsets.append(o[1])
+    end = max(offsets, default=0)
     if 8 + n + end > size:
         raise GreenpruneError(f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end})")
 

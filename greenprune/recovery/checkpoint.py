@@ -12,6 +12,7 @@ last good checkpoint and latest.json untouched. Loading uses safetensors only (n
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -83,9 +84,37 @@ def load_checkpoint(folder: Path) -> Optional[tuple[dict, dict[str, torch.Tensor
     d = Path(folder) / f"step-{step:07d}"
     try:
         state = json.loads((d / "state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("state.json is not an object")
         return state, load_file(str(d / "trainable.safetensors")), load_file(str(d / "optimizer.safetensors"))
-    except (OSError, ValueError) as e:
-        raise GreenpruneError(f"checkpoint {d} is unreadable ({e}); remove {folder} to start over") from e
+    except (*WRITE_ERRORS, ValueError, RecursionError) as e:  # SafetensorError: a truncated or corrupt file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GreenpruneError(f"checkpoint {d} is unreadable ({reason}); remove {folder} to start over") from e
+
+
+def check_resume(folder: Path, state, tensors: dict, trainable: dict, steps: int) -> int:
+    """The step a checkpoint resumes from, after checking it against this run: a state with a step within the
+    run and one loss per step, adapters of this model's names and shapes. A one-line error otherwise."""
+    def bad(why: str) -> GreenpruneError:
+        return GreenpruneError(f"checkpoint in {folder} does not match this run ({why}); remove {folder} to start over")
+
+    if not isinstance(state, dict):
+        raise bad("state.json is not an object")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= steps:
+        raise bad(f"step {step!r} is not in [1, {steps}]")
+    for key in ("loss", "lr"):
+        v = state.get(key)
+        if not isinstance(v, list) or len(v) != step or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise bad(f"'{key}' must list {step} finite numbers, one per step")
+    if set(tensors) != set(trainable):
+        raise bad("it holds other adapters than this model's")
+    wrong = [n for n, t in tensors.items() if tuple(t.shape) != tuple(trainable[n].shape)]
+    if wrong:
+        raise bad(f"{wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, this model's "
+                  f"{tuple(trainable[wrong[0]].shape)}")
+    return step
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:

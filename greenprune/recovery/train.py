@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import GreenpruneError
 from ..families import family_for
 from ..kernels import kl_loss
-from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from .checkpoint import check_resume, load_checkpoint, restore_optimizer, save_checkpoint
 from .options import RecoverOptions
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,12 @@ def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Ten
             if state.get("fingerprint") != opts.fingerprint():
                 raise GreenpruneError(f"checkpoint {ckpt_dir} was made with other recovery options "
                                       f"({state.get('fingerprint')}); remove it to start over")
-            if set(tensors) != set(trainable):
-                raise GreenpruneError(f"checkpoint {ckpt_dir} holds other adapters than this model's")
+            start = check_resume(ckpt_dir, state, tensors, trainable, opts.steps)
             with torch.no_grad():
                 for n, p in trainable.items():
                     p.copy_(tensors[n])
             restore_optimizer(opt, opt_tensors)
             history["loss"], history["lr"], history["kl"] = state["loss"], state["lr"], state.get("kl", [])
-            start = state["step"]
             log.info("resuming recovery at step %d from %s", start, ckpt_dir)
     model.train()
     desc = f"recovery (KL to dense + {opts.ce_weight:g} CE)" if opts.ce_weight else "recovery (KL to dense)"

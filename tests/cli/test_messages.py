@@ -6,24 +6,34 @@ import re
 from greenprune.cli import build_parser, main
 
 
-def test_report_records_absolute_sources_tokens_used_and_next_line_samples(tmp_path, tiny_dir, monkeypatch, capfd,
-                                                                          caplog):
+def test_report_records_absolute_sources_and_tokens_used(tmp_path, tiny_dir, monkeypatch, capfd, caplog):
     data = tmp_path / "short.py"
-    data.write_text("x = 1\n" * 60)  # lines too short for a next-line sample; fewer tokens than asked for
+    data.write_text("x = 1\n" * 60)  # fewer tokens than asked for
     monkeypatch.chdir(tiny_dir.parent)
     out = tmp_path / "o"
-    assert main(["prune", "--model", tiny_dir.name, "--data", str(data),
-                 "--ratio", "0.015", "--align", "16", "--method", "uniform", "--no-vocab", "--calib-tokens", "1024",
-                 "--seq-len", "64", "--eval-tokens", "128", "--eval-data", str(data), "--nextline-samples", "4",
+    assert main(["prune", "--model", tiny_dir.name, "--data", str(data), "--ratio", "0.015", "--align", "16",
+                 "--method", "uniform", "--no-vocab", "--calib-tokens", "1024", "--seq-len", "64", "--no-eval",
                  "--out", str(out), "--no-progress"]) == 0
     rep = json.loads((out / "greenprune_report.json").read_text())
-    assert rep["source_model"] == str(tiny_dir.resolve())
+    assert rep["source_model"] == str(tiny_dir.resolve()) and rep["data"]["calibration"] == str(data.resolve())
     assert rep["data"]["calibration_tokens"]["requested"] == 1024 > rep["data"]["calibration_tokens"]["used"]
-    assert rep["eval"]["dense"]["next_line_samples"] == 0 and rep["eval"]["pruned"]["next_line_exact_match"] is None
-    o, e = capfd.readouterr()
     assert "fewer than the 1024 asked for" in caplog.text  # a WARNING line on the command line's stderr
-    assert "0 samples" in o and "n/a" in o
-    assert "Writing model shards" not in e and "it/s" not in e  # --no-progress silences transformers' bars too
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "it/s" not in err  # --no-progress silences transformers' bars too
+
+
+def test_next_line_match_without_samples_is_na_with_its_count(capsys):
+    from greenprune.cli.tables import print_prune
+    from greenprune.evaluation.metrics import next_line_samples
+
+    assert next_line_samples(["x = 1\n" * 60], 4) == []  # lines too short to be a target: nothing ran
+    side = {"bpb": 1.0, "next_line_exact_match": None, "next_line_samples": 0, "cpu_tokens_per_s": 10.0}
+    report = {"params": {"dense": 10, "pruned": 8, "ratio": 0.2},
+              "plan": {"meta": {"method": "unified"}, "summary": {"layers_dropped": [], "vocab_size": 5}},
+              "eval": {"dense": dict(side), "pruned": dict(side)}}
+    print_prune(report, None)
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "next-line" in ln)
+    assert "(0 samples)" in row and row.count("n/a") == 2 and "0.000" not in row
 
 
 def test_bench_says_when_it_has_no_dense_reference(tmp_path, tiny_dir, capsys):

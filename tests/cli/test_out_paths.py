@@ -1,9 +1,11 @@
 """Output paths never destroy an input, saves are atomic under a full disk and signals, and scratch of killed runs
 is removed: real files, the real command line, the source model hashed before and after."""
 import hashlib
+import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -192,3 +194,25 @@ def test_full_disk_during_a_recovery_checkpoint_keeps_the_last_good_one_and_stal
     with file_size_limit(1 << 20), pytest.raises(GreenpruneError, match="step 2.*last good checkpoint \\(step 1\\)"):
         save_checkpoint(ck, 2, {"w": w}, opt, {"loss": [1.0, 0.5]})
     assert latest_step(ck) == 1 and sorted(p.name for p in ck.iterdir()) == ["latest.json", "step-0000001"]
+
+
+def _with_header(model: Path, header) -> None:
+    raw = json.dumps(header).encode()
+    (model / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 64)
+
+
+@pytest.mark.parametrize("header, msg", [
+    ([1, 2], "a JSON list, not an object"),
+    ({"w": {"dtype": "F32", "shape": [4]}}, "'w' has no valid data_offsets"),
+])
+def test_corrupt_safetensors_headers_are_one_line(model, capsys, header, msg):
+    _with_header(model, header)
+    assert main(["eval", "--model", str(model), "--tasks", "bpb", "--no-progress"]) == 2
+    assert msg in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("cmd", ["eval", "recover"])
+def test_an_unparsable_report_is_one_line(tmp_path, model, capsys, cmd):
+    (model / "greenprune_report.json").write_text("{not json")
+    assert main([cmd, "--model", str(model), "--out", str(tmp_path / "o")]) == 2
+    assert "greenprune_report.json: unreadable report" in one_error_line(capsys.readouterr().err)
