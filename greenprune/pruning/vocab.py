@@ -131,8 +131,13 @@ def _close(spec: dict, candidate_ids: Iterable[int]) -> list[int]:
     kept.update(a["id"] for a in spec["added_tokens"])
     extra = {model.get("unk_token")} | _post_processor_tokens(spec.get("post_processor"))
     kept.update(vocab[t] for t in extra if t in vocab)
-    # Base alphabet: single characters (all byte-level symbols present) and byte-fallback tokens.
-    kept.update(i for t, i in vocab.items() if len(t) == 1 or (len(t) == 6 and t.startswith("<0x") and t.endswith(">")))
+    # Base alphabet: byte-fallback tokens and single characters (all byte-level symbols present). Under byte
+    # fallback with all 256 byte tokens a character without a token is spelled in bytes, so single characters
+    # are kept only when used (Gemma 3 270M has 19,227 of them: 7.3% of its 262,144 rows).
+    byte_ids = [i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")]
+    kept.update(byte_ids)
+    if not (model.get("byte_fallback") and len(byte_ids) == 256):
+        kept.update(i for t, i in vocab.items() if len(t) == 1)
     # Closure: BPE reaches a merged token only through its merge, so keep both parts, recursively.
     parts: dict[str, list[tuple[str, str]]] = {}
     for merge in model["merges"]:

@@ -145,6 +145,9 @@ def test_byte_fallback_keeps_all_256_byte_tokens():
     assert all(f"<0x{b:02X}>" in pruned.get_vocab() for b in range(256))
     assert missing_bytes(tok) == missing_bytes(pruned) == [] == missing_bytes(_llama3_like())
     assert pruned.convert_ids_to_tokens(_ids(pruned, "\x04")) == ["<0x04>"]
+    # single characters are not needed under byte fallback: an unused one is spelled in bytes, losslessly
+    assert tok.convert_tokens_to_ids("q") is not None and "q" not in pruned.get_vocab()
+    assert pruned.convert_ids_to_tokens(_ids(pruned, "q")) == ["<0x71>"] and pruned.decode(_ids(pruned, "q")) == "q"
     assert pruned.decode(_ids(pruned, "\U00040000")) == "\U00040000"
 
 
