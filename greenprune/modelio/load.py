@@ -110,9 +110,9 @@ _GGUF_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "un
 _GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def _gguf_kv(path: Path) -> dict:
-    """The GGUF header's key/value pairs (arrays skipped), read sequentially: no tensor info, no tensor data,
-    so a 262k-token vocabulary costs a skip, not 262k objects."""
+def _gguf_kv(path: Path, arrays: tuple[str, ...] = ()) -> dict:
+    """The GGUF header's key/value pairs (arrays skipped unless named in `arrays`), read sequentially: no
+    tensor info, no tensor data, so a 262k-token vocabulary costs a skip, not 262k objects."""
     with open(path, "rb") as f:
         def take(fmt):
             n = struct.calcsize(fmt)
@@ -124,11 +124,15 @@ def _gguf_kv(path: Path) -> dict:
         def string() -> str:
             return f.read(take("<Q")).decode("utf-8", errors="replace")
 
-        def value(vtype):
+        def value(vtype, keep=False):
             if vtype == 8:
                 return string()
             if vtype == 9:
                 itype, count = take("<I"), take("<Q")
+                if keep and itype == 8:
+                    return [string() for _ in range(count)]
+                if keep and itype in _GGUF_SCALAR:
+                    return np.frombuffer(f.read(count * struct.calcsize(_GGUF_SCALAR[itype])), _GGUF_SCALAR[itype])
                 if itype == 8:
                     for _ in range(count):
                         f.seek(take("<Q"), 1)
@@ -151,7 +155,7 @@ def _gguf_kv(path: Path) -> dict:
         kv = {}
         for _ in range(take("<Q")):
             key = string()
-            kv[key] = value(take("<I"))
+            kv[key] = value(take("<I"), key in arrays)
         return kv
 
 
@@ -164,6 +168,36 @@ def gguf_metadata(path: Path) -> dict:
     ids = {name: int(kv[f"tokenizer.ggml.{key}"]) for name, key in _GGUF_TOKEN_IDS.items()
            if isinstance(kv.get(f"tokenizer.ggml.{key}"), int)}
     return {"architecture": arch, "model_type": _GGUF_MODEL_TYPES.get(arch, arch), "token_ids": ids}
+
+
+def _restore_merges(tok, path: Path) -> None:
+    """transformers converts a SentencePiece-BPE GGUF (Gemma: tokenizer.ggml.model 'llama', byte fallback) into
+    a BPE with no merges, which spells everything character by character (Gemma 3 270M: 261,395 tokens for
+    10 stdlib files). Rebuild the merges as SentencePiece ranks them: every split of a piece into two pieces,
+    ordered by the merged piece's score (highest first)."""
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE" or model.get("merges"):
+        return
+    kv = _gguf_kv(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"))
+    tokens, scores = kv.get("tokenizer.ggml.tokens"), kv.get("tokenizer.ggml.scores")
+    if kv.get("tokenizer.ggml.model") != "llama" or tokens is None or scores is None:
+        return
+    from tokenizers import Tokenizer
+
+    vocab = model["vocab"]
+    normal = kv.get("tokenizer.ggml.token_type")
+    score = {t: float(scores[i]) for i, t in enumerate(tokens) if normal is None or int(normal[i]) == 1}
+    merges = []
+    for t, sc in score.items():
+        for i in range(1, len(t)):
+            a, b = t[:i], t[i:]
+            if a in vocab and b in vocab:
+                merges.append((-sc, vocab[a], vocab[b], a, b))
+    merges.sort()
+    model["merges"] = [[a, b] for *_, a, b in merges]
+    tok._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    log.info("rebuilt %d BPE merges from the GGUF's piece scores", len(merges))
 
 
 def _align_special_tokens(tok, token_ids: dict) -> None:
@@ -238,6 +272,7 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     except Exception as e:  # the gguf reader raises many types on truncated/corrupt files
         raise GreenpruneError(f"cannot read GGUF file {path}: {type(e).__name__}: {e}") from e
     _forget_quantizer(model)
+    _restore_merges(tok, path)
     _align_special_tokens(tok, meta["token_ids"])
     check_architecture(model.config, str(path))
     return model, tok
