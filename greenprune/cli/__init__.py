@@ -10,6 +10,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from huggingface_hub.utils import disable_progress_bars
+from transformers.utils import logging as hf_logging
+
 from .._version import __version__
 from ..errors import GreenpruneError
 from ..modelio.load import cache_dir
@@ -92,11 +95,20 @@ def terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def silence_progress() -> None:
+    """--no-progress silences the libraries' bars too (transformers' shard loading / writing, the hub's downloads)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("GREENPRUNE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     a.command_line = shlex.join(["greenprune", *argv])  # recorded in results (bench.json)
+    if getattr(a, "no_progress", False):
+        silence_progress()
     try:
         with terminate_as_interrupt():
             check_out(a)

@@ -10,7 +10,10 @@ J, T = JobOptions(), TaskOptions()
 
 
 def job_args(p) -> None:
-    option(p, "--data", J.data, "calibration data: stdlib | DIR | FILE.jsonl | datasets:PATH | pypkg:NAME")
+    option(p, "--data", J.data, "calibration data: stdlib | DIR | FILE.jsonl | FILE.json | datasets:PATH | pypkg:NAME "
+           "(README: data formats)")
+    option(p, "--suffixes", ",".join(J.suffixes), "comma list of more file suffixes read from a data directory "
+           "(e.g. .fsx,.vb) beyond the built-in list (README: data formats)")
     p.add_argument("--eval-data", action="append", default=None,
                    help="extra evaluation corpus (repeatable; default: "
                         f"{', '.join(J.eval_data)}, code outside the calibration corpus)")
@@ -33,6 +36,6 @@ def job_common(a) -> dict:
     for name in ("calib_tokens", "eval_tokens", "seq_len"):
         if getattr(a, name) < 2:
             raise GreenpruneError(f"--{name.replace('_', '-')} must be >= 2")
-    return dict(model=a.model, data=a.data, eval_data=tuple(a.eval_data) if a.eval_data is not None else J.eval_data,
+    return dict(model=a.model, data=a.data, suffixes=tuple(x.strip() for x in a.suffixes.split(",") if x.strip()), eval_data=tuple(a.eval_data) if a.eval_data is not None else J.eval_data,
                 calib_tokens=a.calib_tokens, seq_len=a.seq_len, eval_tokens=a.eval_tokens,
                 nextline_samples=a.nextline_samples, progress=not a.no_progress)

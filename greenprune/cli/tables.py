@@ -45,7 +45,10 @@ def _print_eval_tables(con: Console, ev: dict, p: dict) -> None:
     t2.add_column("pruned", justify="right")
     t2.add_row("parameters", f"{p['dense']:,}", f"{p['pruned']:,}")
     if "next_line_exact_match" in ev["dense"]:
-        t2.add_row("next-line exact match", _f(ev["dense"]["next_line_exact_match"], 3), _f(ev["pruned"]["next_line_exact_match"], 3))
+        n = ev["dense"].get("next_line_samples")
+        em = [ev[k]["next_line_exact_match"] for k in ("dense", "pruned")]
+        t2.add_row("next-line exact match" + ("" if n is None else f" ({n} samples)"),
+                   *("n/a" if x is None else _f(x, 3) for x in em))
     t2.add_row("CPU tokens/s (forward)", _f(ev["dense"]["cpu_tokens_per_s"], 0), _f(ev["pruned"]["cpu_tokens_per_s"], 0))
     con.print(t2)
     sc = ev["pruned"].get("sample_completion")

@@ -44,7 +44,7 @@ def step_cost(shape: ModelShape, layers: Sequence[tuple[int, int]], batch: int, 
     weights = sum(shape.layer_params(w, kv) for w, kv in layers)
     kv_elems = sum(batch * (context + new) * 2 * kv * d for _, kv in layers)
     # linear maps only: norms and biases are additions; per token each weight is one multiply-add
-    linear = sum(shape.layer_params(w, kv) - 2 * h - shape.attention_biases(kv) - shape.ffn_biases(w) for w, kv in layers)
+    linear = sum(shape.layer_params(w, kv) - shape.layer_norm_params - shape.attention_biases(kv) - shape.ffn_biases(w) for w, kv in layers)
     pairs = new * context + new * (new + 1) // 2  # causal (query, key) pairs per sequence and head
     attn = sum(4 * batch * kv * shape.heads_per_group * d * pairs for _, kv in layers)
     flops = 2 * batch * new * linear + attn

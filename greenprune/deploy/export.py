@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import GreenpruneError
-from ..families import FAMILIES, layer_of
+from ..families import FAMILIES, PER_LAYER_PREFIX, layer_of
 from ..modelio.load import resolve_model
 from ..modelio.save import copy_tokenizer_files, save_model_dir, write_json_atomic
 from ..modelio.shards import CheckpointReader, ShardWriter
@@ -76,11 +76,13 @@ def read_layout(model_dir: Path) -> tuple[dict, list[LayerShape], int]:
     cfg = json.loads(cfg_path.read_text())
     mt = cfg.get("model_type")
     if mt not in FAMILIES or not FAMILIES[mt].llama_layers:
-        raise GreenpruneError(f"{model_dir}: cannot export model_type '{mt}' (Llama/Mistral layouts and greenprune_llama)")
-    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0):
+        ok = sorted(t for t, f in FAMILIES.items() if f.llama_layers)
+        raise GreenpruneError(f"{model_dir}: cannot export model_type '{mt}' as Llama / DeciLM (supported: "
+                              f"{', '.join(ok)}); load its save with transformers instead")
+    if cfg.get("sliding_window") not in (None, 0) and FAMILIES[mt].name == "mistral":
         raise GreenpruneError(f"{model_dir}: sliding-window attention ({cfg['sliding_window']}) has no place in these layouts")
     n = cfg["num_hidden_layers"]
-    if mt == "greenprune_llama":
+    if mt.startswith(PER_LAYER_PREFIX):
         widths, heads, kv = (cfg[k] for k in _PER_LAYER_KEYS)
     else:
         widths, heads, kv = [cfg["intermediate_size"]] * n, [cfg["num_attention_heads"]] * n, [cfg.get("num_key_value_heads") or cfg["num_attention_heads"]] * n

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import GreenpruneError
-from ..families import PER_LAYER_PREFIX, Family, ModelShape, check_architecture, family_for
+from ..families import FAMILIES, PER_LAYER_PREFIX, Family, ModelShape, check_architecture, family_for
 from ..kernels import ChannelStats
 from ..modelio.save import copy_tokenizer_files, save_model_dir, write_json_atomic
 from ..modelio.shards import CheckpointReader, ShardWriter
@@ -244,6 +244,10 @@ def stream_prune(model_dir: str, out: str, blocks: torch.Tensor, opts: StreamOpt
         raise GreenpruneError("calibration blocks must be a non-empty [N, L] tensor of token ids")
     config = AutoConfig.from_pretrained(str(src))
     fam = check_architecture(config, str(src))
+    if not fam.streamable:
+        ok = sorted({f.description or f.name for f in FAMILIES.values() if f.streamable})
+        raise GreenpruneError(f"{src}: layer streaming supports {', '.join(ok)}, not {fam.description or fam.name}; "
+                              "prune it in memory (greenprune prune)")
     if config.model_type.startswith(PER_LAYER_PREFIX):
         raise GreenpruneError("this model is already pruned per layer; stream the dense model instead")
     if int(blocks.max()) >= config.vocab_size or int(blocks.min()) < 0:

@@ -44,6 +44,14 @@ class Family:
     # whether its decoder layers compute exactly what Llama layers compute, so that a save can be exported as a
     # plain Llama / DeciLM checkpoint (deploy/export.py); per-layer saves of every family are greenprune_<type>
     llama_layers = True
+    # whether `greenprune stream` handles it: the streamed pass embeds and runs layers itself, so families whose
+    # embedding or residual stream is scaled (Gemma, Granite) are refused there until it does
+    streamable = True
+    # parameter-count features (families/shape.py)
+    norms_per_layer = 2
+    norm_bias = False
+    qk_norm = False
+    gated_mlp = True
     # transformers classes of one decoder layer and of the rotary embedding (layer streaming builds them)
     decoder_layer_class = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
     rotary_class = "transformers.models.llama.modeling_llama.LlamaRotaryEmbedding"
@@ -62,6 +70,10 @@ class Family:
             attention_bias=bool(getattr(c, "attention_bias", False)),
             qkv_bias_only=False,
             mlp_bias=bool(getattr(c, "mlp_bias", False)),
+            norms_per_layer=self.norms_per_layer,
+            norm_bias=self.norm_bias,
+            qk_norm=self.qk_norm,
+            gated_mlp=self.gated_mlp,
         )
 
     def layer_widths(self, c) -> list[tuple[int, int]]:
@@ -110,9 +122,27 @@ class Family:
         """Module names LoRA adapts (every projection of a decoder layer)."""
         return tuple(p.rsplit(".", 1)[-1] for p in (*self.q_rows, *self.kv_rows, *self.o_cols, *self.ffn_rows, *self.ffn_cols))
 
+    def fold_ffn_rows(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Per-row values of one `ffn_in` projection as per-channel values [F] (fused projections override)."""
+        return per_row
+
     def carry_buffers_(self, dense, pruned) -> None:
-        """Copy what the state dict does not hold (the rotary embedding's buffers) from dense to pruned."""
-        pruned.model.rotary_emb = copy.deepcopy(dense.model.rotary_emb)
+        """Copy what the state dict does not hold from dense to pruned: the backbone's parameterless modules
+        (rotary embeddings, whose tensors are non-persistent) whole, then every other buffer by name (Gemma's
+        embedding scale); a buffer left unset (on the meta device) is an error."""
+        src, dst = self.backbone(dense), self.backbone(pruned)
+        for name, child in src.named_children():
+            if next(child.parameters(), None) is None and next(child.buffers(), None) is not None:
+                setattr(dst, name, copy.deepcopy(child))
+        have = dict(dense.named_buffers())
+        for name, buf in list(pruned.named_buffers()):
+            if buf.device.type == "meta":
+                if name not in have:
+                    raise RuntimeError(f"buffer {name} of the pruned model has no counterpart in the dense one")
+                owner, _, leaf = name.rpartition(".")
+                mod = pruned.get_submodule(owner)
+                persistent = leaf not in mod._non_persistent_buffers_set
+                mod.register_buffer(leaf, have[name].clone(), persistent=persistent)
 
     # --- slicing by tensor name (state dicts, shards) -----------------------------------------------------------
     def slice_layer_tensor(self, name: str, t: torch.Tensor, ffn_keep, kv_keep, shape: ModelShape) -> torch.Tensor:

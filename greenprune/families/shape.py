@@ -24,6 +24,11 @@ class ModelShape:
     attention_bias: bool = False  # q, k, v, o biases (Llama attention_bias)
     qkv_bias_only: bool = False  # Qwen2: q, k, v biases, no o bias
     mlp_bias: bool = False
+    # family features that change the parameter count (defaults: the Llama layout)
+    norms_per_layer: int = 2  # hidden-size norms in a decoder layer (Gemma 2/3: 4)
+    norm_bias: bool = False  # LayerNorm with a bias (StarCoder2), the final norm too
+    qk_norm: bool = False  # per-head q and k norms over head_dim (Qwen3, Gemma 3)
+    gated_mlp: bool = True  # gate and up projections (False: one input projection, StarCoder2)
 
     @property
     def heads_per_group(self) -> int:
@@ -55,7 +60,7 @@ class ModelShape:
         return 0
 
     def ffn_biases(self, width: int) -> int:
-        return (2 * width + self.hidden_size) if self.mlp_bias else 0
+        return ((2 if self.gated_mlp else 1) * width + self.hidden_size) if self.mlp_bias else 0
 
     def attention_params(self, kv_heads: int) -> int:
         q_heads = kv_heads * self.heads_per_group
@@ -63,17 +68,27 @@ class ModelShape:
         return h * q_heads * d * 2 + h * kv_heads * d * 2 + self.attention_biases(kv_heads)  # q, o ; k, v
 
     def ffn_params(self, width: int) -> int:
-        return 3 * self.hidden_size * width + self.ffn_biases(width)
+        return (3 if self.gated_mlp else 2) * self.hidden_size * width + self.ffn_biases(width)
+
+    @property
+    def norm_params(self) -> int:
+        """One hidden-size norm."""
+        return self.hidden_size * (2 if self.norm_bias else 1)
+
+    @property
+    def layer_norm_params(self) -> int:
+        """A decoder layer's norms (they do not change with its widths)."""
+        return self.norms_per_layer * self.norm_params + (2 * self.head_dim if self.qk_norm else 0)
 
     def layer_params(self, ffn_width: int, kv_heads: int) -> int:
-        return self.attention_params(kv_heads) + self.ffn_params(ffn_width) + 2 * self.hidden_size  # 2 RMSNorms
+        return self.attention_params(kv_heads) + self.ffn_params(ffn_width) + self.layer_norm_params
 
     def vocab_params(self, vocab: int) -> int:
         return vocab * self.hidden_size * (1 if self.tie_word_embeddings else 2)
 
     def total_params(self, layers: Sequence[tuple[int, int]], vocab: int) -> int:
         """layers: (ffn_width, kv_heads) of each kept layer."""
-        return sum(self.layer_params(f, k) for f, k in layers) + self.vocab_params(vocab) + self.hidden_size
+        return sum(self.layer_params(f, k) for f, k in layers) + self.vocab_params(vocab) + self.norm_params
 
     @property
     def dense_params(self) -> int:

@@ -12,7 +12,7 @@ from ..evaluation.metrics import (agreement, bits_per_byte, cpu_tokens_per_secon
                                   next_line_exact_match, next_line_samples)
 from ..modelio.load import load_model, num_params
 from ..evaluation.tasks import TaskOptions, parse_tasks, run_tasks
-from ..modelio.reports import DEFAULT_SOURCE
+from ..modelio.reports import source_spec
 from ..modelio.save import atomic_dir, dir_size, write_json_atomic
 from ..pruning.vocab_map import plan_of, vocab_mapping
 from .options import JobOptions, Timer
@@ -38,8 +38,11 @@ def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dic
     if opts.nextline_samples:
         samples = next_line_samples(heldout[first], opts.nextline_samples)
         with timer("eval_nextline"):
-            out["dense"]["next_line_exact_match"] = next_line_exact_match(dense, dense_tok, samples, progress=opts.progress)["exact_match"]
-            out["pruned"]["next_line_exact_match"] = next_line_exact_match(pruned, pruned_tok, samples, progress=opts.progress)["exact_match"]
+            for side, m, t in (("dense", dense, dense_tok), ("pruned", pruned, pruned_tok)):
+                # None where the held-out text gave no sample (0.000 would read as a measured failure)
+                out[side]["next_line_exact_match"] = (next_line_exact_match(m, t, samples, progress=opts.progress)
+                                                      ["exact_match"] if samples else None)
+                out[side]["next_line_samples"] = len(samples)
     with timer("eval_speed"):
         out["dense"]["cpu_tokens_per_s"] = cpu_tokens_per_second(dense, dense.config.vocab_size)
         out["pruned"]["cpu_tokens_per_s"] = cpu_tokens_per_second(pruned, pruned.config.vocab_size)
@@ -51,7 +54,8 @@ def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dic
 def heldout_texts(tokenizer, opts: JobOptions, heldout_docs: list) -> dict[str, list[str]]:
     sets = {f"{opts.data}:heldout": corpus.eval_snippets(tokenizer, heldout_docs, opts.eval_tokens)}
     for spec in opts.eval_data:
-        sets[spec] = corpus.eval_snippets(tokenizer, corpus.load_documents(spec), opts.eval_tokens)
+        docs = corpus.render_chats(tokenizer, corpus.load_documents(spec, opts.suffixes))
+        sets[spec] = corpus.eval_snippets(tokenizer, docs, opts.eval_tokens)
     return sets
 
 
@@ -61,8 +65,9 @@ def run_eval(model_spec: Optional[str], reference: Optional[str], opts: JobOptio
     timer = Timer()
     model, tok = loaded if loaded is not None else load_model(model_spec)
     ref, ref_tok = load_model(reference) if reference or model_spec is None else (None, None)
-    calib, held = corpus.calibration_and_heldout(opts.data)
+    calib, held = corpus.calibration_and_heldout(opts.data, suffixes=opts.suffixes)
     base_tok = ref_tok if ref_tok is not None else tok
+    held = corpus.render_chats(base_tok, held)
     sets = heldout_texts(base_tok, opts, held)
     if ref is None:
         res = {name: bits_per_byte(model, tok, texts, opts.seq_len, opts.progress) for name, texts in sets.items()}
@@ -92,7 +97,7 @@ def run_eval_job(model_spec: Optional[str], reference: Optional[str], opts: JobO
             model, tok = loaded if loaded is not None else (None, None)
             res["tasks"] = run_tasks(model, tok, tasks, model_dir=model_spec, progress=opts.progress,
                                      completions_out=scratch / "humaneval_completions.jsonl" if scratch else None)
-            res["model_source"] = str(model_spec or DEFAULT_SOURCE)
+            res["model_source"] = source_spec(model_spec)
             res["task_settings"] = asdict(tasks)
             res["wall_s"] = round(time.monotonic() - t0, 2)
         if scratch is not None:

@@ -16,6 +16,7 @@ from ..recovery.options import RecoverOptions
 class JobOptions:
     model: Optional[str] = None  # None: the embedded default (SmolLM2-135M-Instruct)
     data: str = "stdlib"
+    suffixes: tuple[str, ...] = ()  # file suffixes read from a data directory beyond corpus.CODE_SUFFIXES
     eval_data: tuple[str, ...] = ("pypkg:rich",)  # code outside the calibration corpus, besides the held-out split
     plan: PlanOptions = field(default_factory=PlanOptions)
     scorer: str = "auto"  # output-error where its Gram matrices fit, else flap (scoring.scorers.resolve_scorer_name)

@@ -9,6 +9,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -19,7 +20,7 @@ from ..evaluation.cache import ResultCache
 from ..evaluation.tasks import run_tasks
 from ..families import shape_of
 from ..modelio.load import load_model, num_params
-from ..modelio.reports import DEFAULT_SOURCE, REPORT_NAME
+from ..modelio.reports import REPORT_NAME, source_spec
 from ..modelio.save import dir_size, save_model_dir, write_json_atomic
 from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
 from ..planning.plan import PruningPlan, resolve_plan
@@ -39,19 +40,36 @@ from .options import JobOptions, Timer
 log = logging.getLogger(__name__)
 
 
-def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer) -> tuple[PruningPlan, dict]:
+def check_inputs(opts: JobOptions) -> Optional[PruningPlan]:
+    """Every input that can be checked without the model, checked before the model loads: the options, the
+    recovery options, the plan file (returned), the data specs."""
+    if opts.plan_file is None:
+        opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
+    if opts.recover is not None:
+        opts.recover.validate()
+    for spec in (opts.data, *(opts.eval_data if opts.evaluate else ())):
+        corpus.check_spec(spec)
+    return PruningPlan.load(Path(opts.plan_file)) if opts.plan_file else None
+
+
+def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
+               plan_file: Optional[PruningPlan] = None) -> tuple[PruningPlan, dict]:
     shape = shape_of(model)
-    opts.plan.validate(shape)
+    if opts.plan_file:
+        plan_file = plan_file or PruningPlan.load(Path(opts.plan_file))
+        if plan_file.shape != shape:
+            raise GreenpruneError(f"plan {opts.plan_file} was made for another model shape ({plan_file.shape})")
+    else:
+        opts.plan.validate(shape)
+        opts.plan.check_reachable(shape, min(shape.vocab_size, opts.vocab_extra) if opts.use_vocab else None)
     with timer("tokenize_calibration"):
         blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
     with timer("importance"):
         scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=bool(opts.reconstruct))
-    extra = {"block_influence": scores.block_influence, "scores": scores}
+    extra = {"block_influence": scores.block_influence, "scores": scores,
+             "calibration_tokens": {"requested": opts.calib_tokens, "used": int(blocks.numel())}}
     if opts.plan_file:
-        plan = PruningPlan.load(Path(opts.plan_file))
-        if plan.shape != shape:
-            raise GreenpruneError(f"plan {opts.plan_file} was made for another model shape ({plan.shape})")
-        return resolve_plan(plan, scores.ffn, scores.kv), extra
+        return resolve_plan(plan_file, scores.ffn, scores.kv), extra
     vocab_keep = None
     if opts.use_vocab:
         with timer("vocabulary"):
@@ -87,14 +105,14 @@ def run_prune(opts: JobOptions) -> dict:
     out = Path(opts.out) if opts.out else None
     if out is not None and out.exists() and not opts.overwrite:  # fail before the long work, not after
         raise GreenpruneError(f"output directory {out} exists (use --overwrite to replace it)")
-    if opts.plan_file is None:
-        opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
+    plan_file = check_inputs(opts)
     torch.manual_seed(0)
+    with timer("data"):  # before the model: a bad corpus is found in seconds, not after minutes of loading
+        calib, held = corpus.calibration_and_heldout(opts.data, suffixes=opts.suffixes)
     with timer("load"):
         dense, tok = load_model(opts.model)  # checks the architecture
-    with timer("data"):
-        calib, held = corpus.calibration_and_heldout(opts.data)
-    plan, extra = build_plan(dense, tok, opts, calib, timer)
+    calib, held = corpus.render_chats(tok, calib), corpus.render_chats(tok, held)
+    plan, extra = build_plan(dense, tok, opts, calib, timer, plan_file)
     with timer("prune"):
         pruned = prune_model(dense, plan)
         pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
@@ -112,7 +130,8 @@ def run_prune(opts: JobOptions) -> dict:
                                                             out, opts.data, opts.eval_data)
     report = {
         "greenprune_version": __version__,
-        "source_model": str(opts.model or DEFAULT_SOURCE),
+        "source_model": source_spec(opts.model),
+        "data": {"calibration": source_spec(opts.data), "calibration_tokens": extra.pop("calibration_tokens")},
         "options": _jsonable(asdict(opts)),
         "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
         "plan": plan.to_dict(),

@@ -16,6 +16,18 @@ REPORT_NAME = "greenprune_report.json"
 DEFAULT_SOURCE = "default:SmolLM2-135M-Instruct"
 
 
+def source_spec(spec) -> str:
+    """How a report records a source (model or data): a local path absolute and resolved, so the report works
+    from any directory; anything else (a hub id, stdlib, pypkg:NAME) as given; None: the embedded default."""
+    if spec is None:
+        return DEFAULT_SOURCE
+    s = str(spec)
+    p = Path(s.split(":", 1)[1] if s.startswith("datasets:") else s).expanduser()
+    if s in ("stdlib",) or s.startswith(("pypkg:", "default:")) or not p.exists():
+        return s
+    return ("datasets:" if s.startswith("datasets:") else "") + str(p.resolve())
+
+
 def read_report(model_dir) -> Optional[dict]:
     """The report of a model directory, None when it has none; a one-line error when it is unreadable."""
     p = Path(model_dir) / REPORT_NAME

@@ -35,6 +35,38 @@ class PlanOptions:
             raise GreenpruneError(f"--align must be >= 1, got {self.align}")
         if self.method not in METHODS:
             raise GreenpruneError(f"unknown method '{self.method}'; choose from {', '.join(METHODS)}")
+        if not (isinstance(self.max_ffn_prune, (int, float)) and 0.0 <= self.max_ffn_prune <= 1.0):  # nan fails
+            raise GreenpruneError(f"--max-ffn-prune must be in [0, 1], got {self.max_ffn_prune}")
+        if shape is not None and self.align > shape.intermediate_size and self.method != "layers":
+            raise GreenpruneError(f"--align {self.align} is larger than the FFN width {shape.intermediate_size}: no "
+                                  f"FFN channel could be removed; use an --align of at most {shape.intermediate_size}")
+
+    def max_removable(self, shape: ModelShape, vocab_floor: Optional[int] = None) -> float:
+        """An upper bound on the fraction of parameters a plan under these constraints can remove, from the shape
+        alone (vocab_floor: the fewest tokens the vocabulary may keep; None: the vocabulary stays whole)."""
+        F, G, L = shape.intermediate_size, shape.num_key_value_heads, shape.num_hidden_layers
+        full = shape.layer_params(F, G)
+        least = shape.layer_params(min(self.widths(shape)), min(self.kv_counts(shape)))
+        if self.method == "layers":
+            layers = (L - 1) * full
+        elif self.method == "uniform" or self.uniform or not self.drop_layers:
+            layers = L * (full - least)
+        else:  # every layer narrowed to the floor or removed, one kept
+            layers = (L - 1) * full + (full - least)
+        vocab = 0 if vocab_floor is None else shape.vocab_params(shape.vocab_size) - shape.vocab_params(
+            min(shape.vocab_size, max(1, vocab_floor)))
+        return (layers + vocab) / shape.dense_params
+
+    def check_reachable(self, shape: ModelShape, vocab_floor: Optional[int] = None) -> None:
+        """Refuse, before any scoring, a --ratio no plan under these constraints can reach."""
+        most = self.max_removable(shape, vocab_floor)
+        if self.ratio > most:
+            raise GreenpruneError(
+                f"--ratio {self.ratio} is unreachable for this model with method '{self.method}': at most "
+                f"{most:.1%} of its parameters can go (align {self.align}, at most {self.max_ffn_prune:.0%} of FFN "
+                f"channels per layer{'' if self.drop_layers else ', no layer removal'}"
+                f"{'' if vocab_floor is None else f', vocabulary down to {vocab_floor} tokens'}); lower --ratio "
+                "or relax the constraints")
 
     def widths(self, shape: ModelShape) -> list[int]:
         """The FFN widths a layer may take, widest first."""

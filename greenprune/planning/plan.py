@@ -7,7 +7,7 @@ may give only widths (`ffn_width`, `kv_heads`); `resolve_plan` fills in the indi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -91,19 +91,25 @@ class PruningPlan:
         if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
             raise GreenpruneError(f"not a greenprune plan (expected \"format\": \"{PLAN_FORMAT}\")")
         try:
-            shape = ModelShape(**d["shape"])
-            layers = tuple(
-                LayerPlan(
-                    index=int(x["index"]),
-                    ffn_width=int(x["ffn_width"]),
-                    kv_heads=int(x["kv_heads"]),
-                    ffn_keep=tuple(x["ffn_keep"]) if x.get("ffn_keep") is not None else None,
-                    kv_keep=tuple(x["kv_keep"]) if x.get("kv_keep") is not None else None,
-                )
-                for x in d["layers"]
-            )
-            vk = d.get("vocab_keep")
-            plan = cls(shape, layers, tuple(vk) if vk is not None else None, dict(d.get("meta", {})))
+            if not isinstance(d.get("shape"), dict):
+                raise TypeError("shape must be an object")
+            shape = _shape(d["shape"])
+            if not isinstance(d.get("layers"), list):
+                raise TypeError("layers must be a list")
+            layers = []
+            for n, x in enumerate(d["layers"]):
+                if not isinstance(x, dict):
+                    raise TypeError(f"layers[{n}] must be an object")
+                layers.append(LayerPlan(
+                    index=_int(x["index"], f"layers[{n}].index"),
+                    ffn_width=_int(x["ffn_width"], f"layers[{n}].ffn_width"),
+                    kv_heads=_int(x["kv_heads"], f"layers[{n}].kv_heads"),
+                    ffn_keep=_ids(x.get("ffn_keep"), f"layers[{n}].ffn_keep"),
+                    kv_keep=_ids(x.get("kv_keep"), f"layers[{n}].kv_keep")))
+            meta = d.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise TypeError("meta must be an object")
+            plan = cls(shape, tuple(layers), _ids(d.get("vocab_keep"), "vocab_keep"), dict(meta))
         except (KeyError, TypeError, ValueError) as e:
             raise GreenpruneError(f"malformed plan: {type(e).__name__}: {e}") from e
         plan.validate()
@@ -115,11 +121,18 @@ class PruningPlan:
     @classmethod
     def load(cls, path: Path) -> "PruningPlan":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise GreenpruneError(f"plan file not found: {path}") from e
-        except ValueError as e:
-            raise GreenpruneError(f"plan file {path} is not valid JSON ({e})") from e
+        except IsADirectoryError as e:
+            raise GreenpruneError(f"plan file {path} is a directory (give its plan.json)") from e
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than any plan has
+            raise GreenpruneError(f"plan file {path} is not valid JSON ({type(e).__name__}: "
+                                  f"{str(e)[:100] or 'nested too deeply'})") from e
+        try:
+            return cls.from_dict(d)
+        except GreenpruneError as e:
+            raise GreenpruneError(f"plan file {path}: {e}") from e
 
     def validate(self) -> None:
         s = self.shape
@@ -142,6 +155,34 @@ class PruningPlan:
             v = self.vocab_keep
             if not v or list(v) != sorted(set(v)) or v[0] < 0 or v[-1] >= s.vocab_size:
                 raise GreenpruneError(f"vocab_keep must be sorted unique ids in [0, {s.vocab_size})")
+
+
+def _int(x, what: str) -> int:
+    """A JSON integer (not a float such as 3.0 or Infinity, not a bool, not a string)."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{what} must be an integer, got {json.dumps(x)[:40]}")
+    return x
+
+
+def _shape(d: dict) -> ModelShape:
+    kinds = {f.name: str(f.type) for f in fields(ModelShape)}
+    for k, v in d.items():
+        if k not in kinds:
+            raise TypeError(f"shape has an unknown field {k!r}")
+        if kinds[k] == "bool" and not isinstance(v, bool):
+            raise TypeError(f"shape.{k} must be true or false, got {json.dumps(v)[:40]}")
+        if kinds[k] == "int":
+            _int(v, f"shape.{k}")
+    return ModelShape(**d)
+
+
+def _ids(x, what: str) -> Optional[tuple[int, ...]]:
+    """None or a flat list of integers."""
+    if x is None:
+        return None
+    if not isinstance(x, list):
+        raise TypeError(f"{what} must be a list of integers, got {type(x).__name__}")
+    return tuple(_int(v, f"{what}[{i}]") for i, v in enumerate(x))
 
 
 def identity_plan(shape: ModelShape) -> PruningPlan:

@@ -98,6 +98,9 @@ def prune_model(model, plan: PruningPlan):
     """A new, smaller model built from `plan`; `model` is left unchanged."""
     from transformers import AutoModelForCausalLM
 
+    if not isinstance(plan, PruningPlan):
+        raise GreenpruneError(f"prune_model needs a PruningPlan, got {type(plan).__name__} (a plan.json as a dict: "
+                              "PruningPlan.from_dict(d); a file: PruningPlan.load(path))")
     check_plan_matches(model, plan)
     plan.validate()
     cfg = derive_config(model.config, plan)

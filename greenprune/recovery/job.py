@@ -15,7 +15,7 @@ from ..data.instructions import build_examples, example_blocks
 from ..errors import GreenpruneError
 from ..evaluation.metrics import agreement
 from ..modelio.load import load_model, num_params
-from ..modelio.reports import DEFAULT_SOURCE, REPORT_NAME, read_report, reference_spec
+from ..modelio.reports import REPORT_NAME, read_report, reference_spec, source_spec
 from ..modelio.save import save_model_dir
 from ..pruning.vocab_map import plan_of, vocab_mapping
 from .options import RecoverOptions
@@ -71,7 +71,7 @@ def run_recover(opts: RecoverOptions) -> dict:
     kl_after = heldout_kl(dense, merged, ptok, keep, opts.eval_tokens, opts.seq_len)
     report = {
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
-        "reference": ref or DEFAULT_SOURCE,
+        "reference": source_spec(ref),
         "data": data_summary, "data_blocks": int(blocks.shape[0]),
         "train_tokens": history["tokens_per_step"] * opts.steps, "steps": opts.steps,
         "loss": history["loss"], "kl": history["kl"], "params": num_params(merged),

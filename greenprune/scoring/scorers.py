@@ -54,7 +54,7 @@ class Magnitude(Importance):
 
     def ffn(self, layer, stats):
         f = self.family
-        return sum(_col_norm(lin.weight, 1) for lin in f.ffn_in(layer)) + _col_norm(f.ffn_out(layer).weight, 0)
+        return sum(f.fold_ffn_rows(_col_norm(lin.weight, 1)) for lin in f.ffn_in(layer)) + _col_norm(f.ffn_out(layer).weight, 0)
 
     def kv(self, layer, stats, shape):
         return _group_sum(_col_norm(self.family.attn_out(layer).weight, 0), shape)

@@ -117,7 +117,7 @@ def collect_gradient_stats(model, blocks: torch.Tensor, stats: list[LayerStats],
         """Sums of |w * g| (signed: of w * g) per FFN channel (rows of its producers + columns of its consumer)
         and per column of the attention output projection."""
         t = lambda w, d: taylor_scores(w, w.grad, d, signed=signed).cpu()  # noqa: E731
-        ffn = sum(t(lin.weight, 1) for lin in fam.ffn_in(layer)) + t(fam.ffn_out(layer).weight, 0)
+        ffn = sum(fam.fold_ffn_rows(t(lin.weight, 1)) for lin in fam.ffn_in(layer)) + t(fam.ffn_out(layer).weight, 0)
         return ffn, t(fam.attn_out(layer).weight, 0)
 
     try:

@@ -218,6 +218,7 @@ class Search:
         self.out = Path(opts.out)
         self.ckpt_path = self.out / "checkpoint.json"
         self._check_out()
+        self._resumed = self._read_checkpoint() if opts.resume else None  # checked before the model loads
         self.ctx = ctx or SearchContext(opts)
         self.space = self.ctx.space(opts)
         self.space.validate()
@@ -288,13 +289,19 @@ class Search:
         }
         write_json_atomic(self.ckpt_path, ck)
 
-    def _load(self) -> None:
+    def _read_checkpoint(self) -> dict:
+        """The checkpoint, parsed and checked against this run's options (before any work): a one-line error for
+        one that is corrupt or claims what this run cannot have done."""
         p = self.ckpt_path
         try:
             ck = json.loads(p.read_text())
             if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"format is not {CHECKPOINT_FORMAT}")
             fp = ck["fingerprint"]
+            if not isinstance(fp, dict):
+                raise TypeError("fingerprint is not an object")
+            if not isinstance(ck["population"], list) or not isinstance(ck["history"], list):
+                raise TypeError("population and history must be lists")
             population = [Individual.from_json(d) for d in ck["population"]]
             gen, c = int(ck["generation"]), ck["counters"]
             cache = {str(k): [float(x) for x in v] for k, v in ck["fitness_cache"].items()}
@@ -303,7 +310,17 @@ class Search:
             history = list(ck["history"])
             counters = (int(c["candidates"]), int(c["tokens"]), float(c["wall_s"]), int(c["candidate_lines"]),
                         int(c.get("llm_lines", 0)))
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            if not population:
+                raise ValueError("the population is empty")
+            if len(history) != gen + 1 or gen < 0:
+                raise ValueError(f"generation {gen} with {len(history)} generation(s) of history")
+            if any(not math.isfinite(i.fitness) for i in population):
+                raise ValueError("a fitness is not a finite number")
+            if any(x < 0 for i in population for x in (*i.genome.ffn, *i.genome.kv)):
+                raise ValueError("a genome has a negative width")
+            if any(i.generation < 0 or i.generation > gen for i in population):
+                raise ValueError("a candidate is from a generation the search has not reached")
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
             raise GreenpruneError(f"checkpoint {p} is corrupt ({type(e).__name__}: {e}); delete it and start again "
                                   f"(the finished generations' candidates stay in candidates.jsonl)") from e
         mine = self.opts.fingerprint()
@@ -311,14 +328,20 @@ class Search:
         if diff:
             raise GreenpruneError(f"checkpoint {p} was made with other options ({', '.join(diff)}); "
                                   f"use the same options (only --generations may change) or another --out")
+        return {"ck": ck, "population": population, "generation": gen, "history": history, "rng": rng,
+                "cache": cache, "counters": counters}
+
+    def _load(self) -> None:
+        r = self._resumed or self._read_checkpoint()
+        ck, population = r["ck"], r["population"]
         for ind in population:
-            if len(ind.genome.ffn) != self.space.L or self.space.slack(ind.genome) < 0:
-                raise GreenpruneError(f"checkpoint {p} holds a candidate outside the search space")
-        self.population, self.generation, self.history = population, gen, history
-        self.rng = rng
+            if len(ind.genome.ffn) != self.space.L or len(ind.genome.kv) != self.space.L or self.space.slack(ind.genome) < 0:
+                raise GreenpruneError(f"checkpoint {self.ckpt_path} holds a candidate outside the search space")
+        self.population, self.generation, self.history = population, r["generation"], r["history"]
+        self.rng = r["rng"]
         self.seed_fitness = dict(ck.get("seed_fitness", {}))
-        self.fit._cache.update(cache)
-        self.candidates, self.tokens, self.wall_s, self.cand_lines, self.llm_lines = counters
+        self.fit._cache.update(r["cache"])
+        self.candidates, self.tokens, self.wall_s, self.cand_lines, self.llm_lines = r["counters"]
         if isinstance(self.operator, LLMOperator):
             self.operator.load_stats(ck.get("operator_stats", {}))
         self._truncate("candidates.jsonl", self.cand_lines)

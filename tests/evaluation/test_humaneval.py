@@ -107,7 +107,10 @@ def test_endless_loop_times_out(problems, sandbox):
 
 
 def test_memory_bomb_is_a_memory_error(problems, sandbox):
-    h = _run_among_canonical(problems, sandbox, "    hog = []\n    while True:\n        hog.append(bytearray(2 ** 26))\n")
+    # Its own sandbox with a long wall limit: filling the address-space limit on a loaded 2-core machine took over
+    # the module's 4 s, so the bomb was timed out before it met the limit.
+    with Sandbox(isolation=sandbox.backend, limits=Limits(timeout_s=30.0, memory_mb=512), workers=2) as roomy:
+        h = _run_among_canonical(problems, roomy, "    hog = []\n    while True:\n        hog.append(bytearray(2 ** 26))\n")
     assert (h["outcome"], h["error_kind"]) == ("error", "MemoryError")
 
 
