@@ -28,9 +28,16 @@ def _bpe_json(tokenizer) -> dict:
     if backend is None:
         raise GreenpruneError(f"{type(tokenizer).__name__} is not a fast (tokenizers-backed) tokenizer")
     spec = json.loads(backend.to_str())
-    if spec["model"].get("type") != "BPE":
-        raise GreenpruneError(f"vocabulary pruning needs a BPE tokenizer, not {spec['model'].get('type')}")
+    if spec["model"].get("type") not in ("BPE", "Unigram"):
+        raise GreenpruneError(f"vocabulary pruning needs a BPE or Unigram tokenizer, not {spec['model'].get('type')}")
     return spec
+
+
+def _vocab(model: dict) -> dict[str, int]:
+    """token -> id: BPE stores a dict, Unigram a list of [piece, score] whose index is the id."""
+    if model["type"] == "Unigram":
+        return {piece: i for i, (piece, _) in enumerate(model["vocab"])}
+    return model["vocab"]
 
 
 def _pair(merge) -> tuple[str, str]:
@@ -42,7 +49,7 @@ def _pair(merge) -> tuple[str, str]:
 
 
 def _id_to_token(spec: dict) -> dict[int, str]:
-    table = {i: t for t, i in spec["model"]["vocab"].items()}
+    table = {i: t for t, i in _vocab(spec["model"]).items()}
     table.update({a["id"]: a["content"] for a in spec["added_tokens"]})
     return table
 
@@ -82,7 +89,7 @@ def missing_bytes(tokenizer) -> list[int]:
     SmolLM2 lacks 21: 0x04 0x06 0x13 0x14 0x16 0x1D, 0xC0 0xC1 and 0xF5..0xFF (never in valid UTF-8), and the
     lead bytes 0xF1 0xF2 (U+40000..U+BFFFF, unassigned planes 4 to 11)."""
     spec = _bpe_json(tokenizer)
-    vocab = spec["model"]["vocab"]
+    vocab = _vocab(spec["model"])
     fallback = bool(spec["model"].get("byte_fallback"))
     byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
     return [b for b, sym in enumerate(_byte_symbols())
@@ -120,7 +127,7 @@ def token_counts(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray
 
 def _close(spec: dict, candidate_ids: Iterable[int]) -> list[int]:
     model = spec["model"]
-    vocab: dict[str, int] = model["vocab"]
+    vocab = _vocab(model)
     id_to_tok = _id_to_token(spec)
     kept: set[int] = set()
     for i in candidate_ids:
@@ -130,12 +137,20 @@ def _close(spec: dict, candidate_ids: Iterable[int]) -> list[int]:
     # Specials and added tokens, the model's unk token, tokens inserted by the post-processor.
     kept.update(a["id"] for a in spec["added_tokens"])
     extra = {model.get("unk_token")} | _post_processor_tokens(spec.get("post_processor"))
+    if model["type"] == "Unigram" and model.get("unk_id") is not None:
+        kept.add(int(model["unk_id"]))
     kept.update(vocab[t] for t in extra if t in vocab)
-    # Base alphabet: single characters (all byte-level symbols present) and byte-fallback tokens.
-    kept.update(i for t, i in vocab.items() if len(t) == 1 or (len(t) == 6 and t.startswith("<0x") and t.endswith(">")))
-    # Closure: BPE reaches a merged token only through its merge, so keep both parts, recursively.
+    # Base alphabet: byte-fallback tokens and single characters (all byte-level symbols present). Under byte
+    # fallback with all 256 byte tokens a character without a token is spelled in bytes, so single characters
+    # are kept only when used (Gemma 3 270M has 19,227 of them: 7.3% of its 262,144 rows).
+    byte_ids = [i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">")]
+    kept.update(byte_ids)
+    if not (model.get("byte_fallback") and len(byte_ids) == 256):
+        kept.update(i for t, i in vocab.items() if len(t) == 1)
+    # Closure: BPE reaches a merged token only through its merge, so keep both parts, recursively. Unigram
+    # needs none: Viterbi's best segmentation over a subset that still holds it is unchanged.
     parts: dict[str, list[tuple[str, str]]] = {}
-    for merge in model["merges"]:
+    for merge in model.get("merges", ()):
         a, b = _pair(merge)
         parts.setdefault(a + b, []).append((a, b))
     stack = [id_to_tok[i] for i in kept]
@@ -243,9 +258,15 @@ def prune_tokenizer(tokenizer, kept_ids: Sequence[int]):
 
     # Model: kept tokens with their new ids, and the merges whose parts and result all survive (order = priority).
     model = spec["model"]
-    model["vocab"] = {t: int(new[i]) for t, i in model["vocab"].items() if new[i] >= 0}
-    vocab = model["vocab"]
-    model["merges"] = [m for m in model["merges"] if all(t in vocab for t in (*_pair(m), "".join(_pair(m))))]
+    if model["type"] == "Unigram":  # pieces in kept order (their scores unchanged), ids are list positions
+        model["vocab"] = [model["vocab"][i] for i in kept if i < len(model["vocab"])]
+        if model.get("unk_id") is not None:
+            model["unk_id"] = int(new[model["unk_id"]])
+        vocab = _vocab(model)
+    else:
+        model["vocab"] = {t: int(new[i]) for t, i in model["vocab"].items() if new[i] >= 0}
+        vocab = model["vocab"]
+        model["merges"] = [m for m in model["merges"] if all(t in vocab for t in (*_pair(m), "".join(_pair(m))))]
     for added in spec["added_tokens"]:
         added["id"] = int(new[added["id"]])
     by_token = {**vocab, **{a["content"]: a["id"] for a in spec["added_tokens"]}}

