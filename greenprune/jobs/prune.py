@@ -20,7 +20,7 @@ from ..evaluation.cache import ResultCache, model_identity
 from ..evaluation.tasks import run_tasks
 from ..families import shape_of
 from ..modelio.load import load_model, num_params
-from ..modelio.reports import REPORT_NAME, source_spec
+from ..modelio.reports import REPORT_NAME, hub_revision, source_spec
 from ..modelio.save import dir_size, save_model_dir, write_json_atomic
 from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
 from ..planning.plan import PruningPlan, resolve_plan
@@ -132,6 +132,7 @@ def run_prune(opts: JobOptions, timer: Optional[Timer] = None) -> dict:
     report = {
         "greenprune_version": __version__,
         "source_model": source_spec(opts.model),
+        **({"source_revision": hub_revision(dense.config)} if hub_revision(dense.config) else {}),
         "data": {"calibration": source_spec(opts.data), "calibration_tokens": extra.pop("calibration_tokens")},
         "options": _jsonable(asdict(opts)),
         "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},

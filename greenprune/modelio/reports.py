@@ -28,6 +28,12 @@ def source_spec(spec) -> str:
     return ("datasets:" if s.startswith("datasets:") else "") + str(p.resolve())
 
 
+def hub_revision(config) -> Optional[str]:
+    """The hub commit a model was loaded at (transformers keeps it on the config); None for local files."""
+    rev = getattr(config, "_commit_hash", None)
+    return rev if isinstance(rev, str) and rev else None
+
+
 def read_report(model_dir) -> Optional[dict]:
     """The report of a model directory, None when it has none; a one-line error when it is unreadable."""
     p = Path(model_dir) / REPORT_NAME

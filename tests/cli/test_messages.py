@@ -1,7 +1,10 @@
 """What the command line tells the user: absolute sources in reports, budgets it could not fill, next-line
 samples, a bench without a dense reference, silenced progress bars, every default in --help."""
 import json
+import os
 import re
+import subprocess
+import sys
 
 from greenprune.cli import build_parser, main
 
@@ -16,10 +19,31 @@ def test_report_records_absolute_sources_and_tokens_used(tmp_path, tiny_dir, mon
                  "--out", str(out), "--no-progress"]) == 0
     rep = json.loads((out / "greenprune_report.json").read_text())
     assert rep["source_model"] == str(tiny_dir.resolve()) and rep["data"]["calibration"] == str(data.resolve())
+    assert "source_revision" not in rep  # local files: no hub revision
     assert rep["data"]["calibration_tokens"]["requested"] == 1024 > rep["data"]["calibration_tokens"]["used"]
     assert "fewer than the 1024 asked for" in caplog.text  # a WARNING line on the command line's stderr
     err = capfd.readouterr().err
     assert "Writing model shards" not in err and "it/s" not in err  # --no-progress silences transformers' bars too
+
+
+def test_report_records_the_hub_revision_of_a_hub_model(tmp_path, tiny_dir):
+    """A model named by hub id (served here from a local hub cache, offline) is recorded with the commit it was
+    loaded at, so the report names exactly which weights were pruned."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--local--tiny"
+    (repo / "snapshots" / rev).mkdir(parents=True)
+    for f in tiny_dir.iterdir():
+        (repo / "snapshots" / rev / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hf" / "hub"), HF_HUB_OFFLINE="1")  # read at import
+    args = ["--ratio", "0.015", "--align", "16", "--method", "uniform", "--no-vocab", "--calib-tokens", "256",
+            "--seq-len", "64", "--no-eval", "--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "greenprune.cli", "prune", "--model", "local/tiny", "--out",
+                        str(tmp_path / "hub"), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "hub" / "greenprune_report.json").read_text())
+    assert rep["source_model"] == "local/tiny" and rep["source_revision"] == rev
 
 
 def test_next_line_match_without_samples_is_na_with_its_count(capsys):
