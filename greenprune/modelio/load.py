@@ -113,37 +113,51 @@ _GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7
 def _gguf_kv(path: Path, arrays: tuple[str, ...] = ()) -> dict:
     """The GGUF header's key/value pairs (arrays skipped unless named in `arrays`), read sequentially: no
     tensor info, no tensor data, so a 262k-token vocabulary costs a skip, not 262k objects."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
+        def corrupt(what):
+            return GreenpruneError(f"cannot read GGUF file {path}: {what} (truncated or corrupt header)")
+
+        def room(nbytes):  # every length in the header is checked against what the file still holds
+            if nbytes > size - f.tell():
+                raise corrupt(f"a length of {nbytes} bytes at offset {f.tell()} runs past the end of the file")
+
         def take(fmt):
             n = struct.calcsize(fmt)
             raw = f.read(n)
             if len(raw) != n:
-                raise GreenpruneError(f"cannot read GGUF file {path}: truncated header")
+                raise corrupt("it ends inside a value")
             return struct.unpack(fmt, raw)[0]
 
         def string() -> str:
-            return f.read(take("<Q")).decode("utf-8", errors="replace")
+            n = take("<Q")
+            room(n)
+            return f.read(n).decode("utf-8", errors="replace")
 
         def value(vtype, keep=False):
             if vtype == 8:
                 return string()
             if vtype == 9:
                 itype, count = take("<I"), take("<Q")
+                width = struct.calcsize(_GGUF_SCALAR[itype]) if itype in _GGUF_SCALAR else 8
+                room(count * width)  # a string or nested array takes at least 8 bytes
                 if keep and itype == 8:
                     return [string() for _ in range(count)]
                 if keep and itype in _GGUF_SCALAR:
-                    return np.frombuffer(f.read(count * struct.calcsize(_GGUF_SCALAR[itype])), _GGUF_SCALAR[itype])
+                    return np.frombuffer(f.read(count * width), _GGUF_SCALAR[itype])
                 if itype == 8:
                     for _ in range(count):
-                        f.seek(take("<Q"), 1)
+                        n = take("<Q")
+                        room(n)
+                        f.seek(n, 1)
                 elif itype in _GGUF_SCALAR:
-                    f.seek(count * struct.calcsize(_GGUF_SCALAR[itype]), 1)
+                    f.seek(count * width, 1)
                 else:
                     for _ in range(count):
                         value(itype)
                 return None
             if vtype not in _GGUF_SCALAR:
-                raise GreenpruneError(f"cannot read GGUF file {path}: unknown value type {vtype}")
+                raise corrupt(f"unknown value type {vtype}")
             return take(_GGUF_SCALAR[vtype])
 
         if f.read(4) != b"GGUF":
@@ -153,7 +167,9 @@ def _gguf_kv(path: Path, arrays: tuple[str, ...] = ()) -> dict:
             raise GreenpruneError(f"{path}: GGUF version {version} is not supported (2 or later)")
         take("<Q")  # tensor count
         kv = {}
-        for _ in range(take("<Q")):
+        n_kv = take("<Q")
+        room(n_kv * 12)  # a key (8-byte length) and its 4-byte type at least
+        for _ in range(n_kv):
             key = string()
             kv[key] = value(take("<I"), key in arrays)
         return kv

@@ -41,11 +41,14 @@ def test_unsupported_architecture(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
-    with pytest.raises(GreenpruneError, match="unsupported architecture 'gpt2'.*supported: Llama"):
+    with pytest.raises(GreenpruneError, match="unsupported architecture 'gpt2'; supported: .*Llama"):
         load_model(str(tmp_path))
 
 
-@pytest.mark.parametrize("payload", [b"NOTGGUF" + b"\0" * 64, b"GGUF\x03\x00\x00\x00" + b"\x01" * 40])
+@pytest.mark.parametrize("payload", [b"NOTGGUF" + b"\0" * 64, b"GGUF\x03\x00\x00\x00" + b"\x01" * 40,
+                                     # one key whose length says 2**62 bytes: refused, not allocated
+                                     b"GGUF\x03\x00\x00\x00" + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+                                     + (2 ** 62).to_bytes(8, "little") + b"k" * 16])
 def test_corrupt_gguf(tmp_path, payload):
     p = tmp_path / "model.gguf"
     p.write_bytes(payload)
