@@ -279,7 +279,9 @@ class Sandbox:
             raise GreenpruneError(f"isolation must be one of {', '.join(ISOLATIONS)}, not {isolation!r}")
         self.limits = limits or Limits()
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self.python = python or sys.executable
+        # The base interpreter, not a venv's link to it: programs run `-I -S` (no site-packages), and a venv under
+        # /tmp (a clone there) is hidden by the sandbox's private /tmp (bwrap: execvp .../.venv/bin/python failed).
+        self.python = python or os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
         self.tail_chars = tail_chars
         self.unsafe_exec = unsafe_exec
         self._bwrap = shutil.which(bwrap)

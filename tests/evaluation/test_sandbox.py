@@ -60,7 +60,7 @@ def attempt(f):
     except OSError as e:
         return errno.errorcode[e.errno]
 print("root", attempt(lambda: open("/greenprune-test-file", "w")))
-print("exe", attempt(lambda: open({sys.executable!r} + ".x", "w")))
+print("exe", attempt(lambda: open({sandbox.python!r} + ".x", "w")))  # beside the interpreter it runs
 print("victim", attempt(lambda: open({str(outside)!r}, "w")))
 open("mine.txt", "w").write("scratch works")
 print("scratch", os.getcwd(), open("mine.txt").read())
@@ -82,7 +82,7 @@ print("dev", attempt(lambda: open("/dev/newfile", "w")), sorted(os.listdir("/dev
     assert set(eval(dev_nodes)) <= {"null", "zero", "full", "random", "urandom", "tty", "shm", "pts", "ptmx", "fd",
                                     "stdin", "stdout", "stderr", "core"}  # no disks, no /dev/mem
     assert outside.read_text() == "keep me\n"
-    assert not os.path.exists("/greenprune-test-file") and not os.path.exists(sys.executable + ".x")
+    assert not os.path.exists("/greenprune-test-file") and not os.path.exists(sandbox.python + ".x")
 
 
 def test_no_network_to_host_loopback(sandbox):
