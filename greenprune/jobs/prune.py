@@ -29,7 +29,7 @@ from ..planning.plots import plot_plan
 from ..planning.widths import bias_reserve
 from ..pruning.compensation import compensate_, reconstruct_
 from ..pruning.prune import prune_model
-from ..pruning.vocab import model_token_ids, prune_tokenizer, vocabulary_for
+from ..pruning.vocab import check_tokenizer_fits, model_token_ids, prune_tokenizer, vocabulary_for
 from ..recovery.job import checkpoint_dir_for, recover_after_prune
 from ..recovery.plots import plot_loss
 from ..runinfo import machine_info
@@ -62,6 +62,8 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
     else:
         opts.plan.validate(shape)
         opts.plan.check_reachable(shape, min(shape.vocab_size, opts.vocab_extra) if opts.use_vocab else None)
+        if opts.use_vocab:  # before the long work: the vocabulary stage would fail after it
+            check_tokenizer_fits(tokenizer, shape.vocab_size)
     with timer("tokenize_calibration"):
         blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
     with timer("importance"):

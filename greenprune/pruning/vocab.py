@@ -299,6 +299,20 @@ def prune_tokenizer(tokenizer, kept_ids: Sequence[int]):
     return pruned
 
 
+def check_tokenizer_fits(tokenizer, rows: int) -> None:
+    """Refuse vocabulary pruning when the tokenizer has ids the model has no embedding row for: the model cannot
+    embed them (an IndexError wherever one occurs), and the pruned tokenizer could not keep them. Seen with a
+    tokenizer class that adds a special token of its own on loading (Qwen2's <|endoftext|>) to a checkpoint
+    whose embedding was sized to the tokenizer without it."""
+    beyond = sorted((i, t) for t, i in tokenizer.get_vocab().items() if i >= rows)
+    if beyond:
+        shown = ", ".join(f"{t!r} ({i})" for i, t in beyond[:5])
+        raise GreenpruneError(f"the tokenizer has {len(beyond)} token(s) past the model's {rows} embedding rows: "
+                              f"{shown}; the model cannot embed them. Resize the embedding to the tokenizer "
+                              "(model.resize_token_embeddings(len(tokenizer))) or prune without the vocabulary "
+                              "(--no-vocab)")
+
+
 def vocabulary_for(tokenizer, shape: ModelShape, texts: Iterable[str], token_mass, ratio: float, min_count: int = 1,
                    extra: int = 2048, keep_ids: Iterable[int] = ()) -> list[int]:
     """The kept vocabulary of a plan removing `ratio` of the parameters: the tokens the calibration texts use +

@@ -60,3 +60,54 @@ def test_default_prune_runs_end_to_end(tmp_path, small_tokenizer, kind):
     x = torch.randint(0, 300, (1, 16))
     with torch.no_grad():
         assert torch.isfinite(pruned(x).logits).all()
+
+
+def _qwen2_dir(tmp_path, tokenizer, rows=None):
+    cfg = CONFIGS["qwen2"]()
+    cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.tie_word_embeddings = rows, 96, 2, True
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:2]
+    torch.manual_seed(0)
+    src = tmp_path / "dense"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    return src
+
+
+def test_vocabulary_pruning_refuses_tokens_past_the_embedding_before_any_work(tmp_path, small_tokenizer, capsys):
+    """Qwen2's tokenizer class adds <|endoftext|> on loading: 301 tokens for 300 embedding rows. Before, the KL
+    tables failed with 'index 300 is out of bounds' after the importance pass; now a one-line error comes
+    first and names the token."""
+    from transformers import AutoTokenizer
+
+    src = _qwen2_dir(tmp_path, small_tokenizer, rows=len(small_tokenizer))
+    loaded = AutoTokenizer.from_pretrained(src)
+    assert len(loaded) > len(small_tokenizer)  # the situation this test is about
+    fast = [a for a in FAST if a != "--no-vocab"]
+    assert main(["prune", "--model", str(src), "--ratio", "0.15", "--out", str(tmp_path / "o"), *fast]) != 0
+    err = capsys.readouterr().err
+    assert "past the model's 300 embedding rows" in err and "<|endoftext|>" in err and "--no-vocab" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_qwen2_vocabulary_pruning_end_to_end(tmp_path, small_tokenizer):
+    """With the embedding sized to the tokenizer as loaded, the vocabulary is pruned, saved and reloaded."""
+    from transformers import AutoTokenizer
+
+    probe = _qwen2_dir(tmp_path / "probe", small_tokenizer, rows=len(small_tokenizer))
+    rows = len(AutoTokenizer.from_pretrained(probe))
+    src = _qwen2_dir(tmp_path, small_tokenizer, rows=rows)
+    out = tmp_path / "pruned"
+    # calibrated on another package than the tokenizer was trained on, so some tokens go unused
+    fast = [a if a != "pypkg:json" else "pypkg:html" for a in FAST if a != "--no-vocab"]
+    assert main(["prune", "--model", str(src), "--ratio", "0.15", "--align", "16", "--vocab-extra", "0",
+                 "--out", str(out), *fast]) == 0
+    rep = json.loads((out / "greenprune_report.json").read_text())
+    pruned = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert pruned.config.vocab_size == len(tok) < rows  # the vocabulary was pruned, tokenizer and rows agree
+    assert sum(p.numel() for p in pruned.parameters()) == rep["params"]["pruned"]
+    text = json.__doc__
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text  # still round-trips
+    with torch.no_grad():
+        assert torch.isfinite(pruned(torch.tensor([tok(text)["input_ids"][:32]])).logits).all()

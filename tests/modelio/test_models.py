@@ -3,7 +3,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from greenprune.errors import GreenpruneError
 from greenprune.modelio.save import atomic_dir, save_model_dir

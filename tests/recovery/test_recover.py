@@ -146,7 +146,6 @@ def test_reference_that_does_not_match_is_refused(tmp_path, pruned_dir, code_dir
     o = opts(code_dir, model=str(pruned_dir), out=str(tmp_path / "o"))
     with pytest.raises(GreenpruneError, match="hidden size"):
         run_recover(replace(o, reference=str(other)))
-    from transformers import AutoTokenizer
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
