@@ -13,10 +13,11 @@ from transformers import AutoModelForCausalLM, MixtralConfig, Qwen3MoeConfig
 import greenprune  # noqa: F401
 from greenprune.cli import main
 from greenprune.errors import GreenpruneError
-from greenprune.families import check_architecture, family_for, shape_of
+from greenprune.families import FAMILIES, check_architecture, family_for, shape_of
 from greenprune.jobs.options import JobOptions
 from greenprune.jobs.prune import run_prune
 from greenprune.modelio.load import num_params
+from greenprune.modelio.per_layer import heterogeneous_config
 from greenprune.modelio.save import save_model_dir
 from greenprune.planning.moe import check_moe_reachable, collect_moe_stats, make_moe_plan
 from greenprune.planning.options import PlanOptions
@@ -35,6 +36,12 @@ CONFIGS = {
     "mixtral": lambda: MixtralConfig(**COMMON, intermediate_size=I, num_local_experts=E),
 }
 KINDS = sorted(CONFIGS)
+
+
+def test_every_moe_family_is_covered_here():
+    assert {family_for(CONFIGS[k]()).name for k in CONFIGS} == {f.name for f in FAMILIES.values() if f.moe}
+    with pytest.raises(GreenpruneError, match="no per-layer save"):
+        heterogeneous_config(CONFIGS["mixtral"](), [16, 32], [4, 4], [2, 2])
 
 
 def _model(kind, seed=0):
