@@ -18,6 +18,9 @@ def check_moe_job(opts) -> None:
     if opts.reconstruct or opts.bias_compensation:
         raise GreenpruneError("--reconstruct / --bias-compensation need a dense FFN's output projection; they are "
                               "not available for mixture-of-experts models")
+    if opts.scorer != "auto":
+        raise GreenpruneError(f"--scorer {opts.scorer}: mixture-of-experts models are scored by router statistics "
+                              "only (greenprune/planning/moe.py); leave --scorer at auto")
     if opts.recover is not None:
         raise GreenpruneError("LoRA recovery of mixture-of-experts models is not supported yet (--recover)")
 

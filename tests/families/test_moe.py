@@ -257,3 +257,26 @@ def test_default_prune_runs_end_to_end(tmp_path, small_tokenizer, kind):  # noqa
     assert rep["plan"]["meta"]["method"] == "moe-router"
     with torch.no_grad():
         assert torch.isfinite(pruned(torch.randint(0, s.vocab_size, (1, 16))).logits).all()
+
+
+def test_plan_file_with_counts_only_is_resolved_by_router_statistics(tmp_path, small_tokenizer):  # noqa: F811
+    """A hand-written plan naming only how many experts and channels each layer keeps: the job fills in which."""
+    cfg = CONFIGS["mixtral"]()
+    cfg.vocab_size = len(small_tokenizer)
+    torch.manual_seed(0)
+    src = tmp_path / "dense"
+    m = AutoModelForCausalLM.from_config(cfg)
+    m.save_pretrained(src)
+    small_tokenizer.save_pretrained(src)
+    shape = shape_of(m)
+    plan = PruningPlan(shape, tuple(LayerPlan(i, 24, 2, experts=6) for i in range(2)))
+    plan.save(tmp_path / "plan.json")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(src), "--plan", str(tmp_path / "plan.json"), "--out", str(out), *FAST]) == 0
+    saved = PruningPlan.load(out / "plan.json")
+    assert saved.is_resolved and [lp.experts for lp in saved.layers] == [6, 6]
+    pruned = AutoModelForCausalLM.from_pretrained(out)
+    assert (pruned.config.num_local_experts, pruned.config.intermediate_size) == (6, 24)
+    assert sum(p.numel() for p in pruned.parameters()) == plan.params()
+    with pytest.raises(GreenpruneError, match="--scorer"):
+        run_prune(JobOptions(model=str(src), scorer="wanda", data="pypkg:json", plan=PlanOptions(align=8), progress=False))
