@@ -33,6 +33,7 @@ class ModelShape:
     # intermediate_size is then one expert's width (Qwen3-MoE moe_intermediate_size, Mixtral intermediate_size)
     num_experts: int = 0
     experts_per_tok: int = 0
+    shared_expert_size: int = 0  # a dense shared expert's width beside the routed ones (Qwen2-MoE), kept whole
 
     @property
     def heads_per_group(self) -> int:
@@ -77,7 +78,8 @@ class ModelShape:
         if not self.num_experts:
             return one
         e = self.num_experts if experts is None else experts
-        return e * (one + self.hidden_size)  # + one router row [H] per expert
+        shared = (3 * self.shared_expert_size + 1) * self.hidden_size if self.shared_expert_size else 0  # + its gate [1, H]
+        return e * (one + self.hidden_size) + shared  # + one router row [H] per expert
 
     @property
     def norm_params(self) -> int:
