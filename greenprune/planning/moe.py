@@ -136,15 +136,17 @@ def _kept_share(scores: torch.Tensor, w: int) -> torch.Tensor:
     return torch.where(total > 0, top / total.clamp_min(1e-30), torch.ones_like(total)).double()
 
 
-def retained(stats: list[MoeLayerStats], scores: list[torch.Tensor], e: int, w: int) -> float:
-    """The rule's importance kept by (e experts, width w) in every layer, as a fraction of the dense model's."""
+def retained(stats: list[MoeLayerStats], scores: list[torch.Tensor], e: int, w: int, shares=None) -> float:
+    """The rule's importance kept by (e experts, width w) in every layer, as a fraction of the dense model's
+    (shares: the layers' _kept_share at width w, when the caller has them)."""
     kept, total = 0.0, 0.0
-    for st, sc in zip(stats, scores):
+    for i, (st, sc) in enumerate(zip(stats, scores)):
         m = st.routed_mass
         if float(m.sum()) <= 0:
             continue
         ids = m.topk(e).indices
-        kept += float((m[ids] * _kept_share(sc, w)[ids]).sum() / m.sum())
+        share = shares[i] if shares is not None else _kept_share(sc, w)
+        kept += float((m[ids] * share[ids]).sum() / m.sum())
         total += 1.0
     return kept / max(total, 1.0)
 
@@ -162,12 +164,14 @@ def make_moe_plan(shape: ModelShape, stats: list[MoeLayerStats], scores: list[to
     vocab = shape.vocab_size if vocab_keep is None else len(vocab_keep)
     most, _ = _budget(shape, opts, vocab)
     L, G = shape.num_hidden_layers, shape.num_key_value_heads
-    best = None
+    best, shares = None, {}
     for e, w in candidates(shape, opts):
         params = shape.total_params([(w, G, e)] * L, vocab)
         if params > most:
             continue
-        r = retained(stats, scores, e, w)
+        if w not in shares:  # once per width, not per (experts, width) pair
+            shares[w] = [_kept_share(sc, w) for sc in scores]
+        r = retained(stats, scores, e, w, shares[w])
         if best is None or (r, params) > (best[0], best[3]):
             best = (r, e, w, params)
     if best is None:
