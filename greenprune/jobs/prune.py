@@ -50,7 +50,11 @@ def check_inputs(opts: JobOptions) -> Optional[PruningPlan]:
         opts.recover.validate()
     for spec in (opts.data, *(opts.eval_data if opts.evaluate else ())):
         corpus.check_spec(spec)
-    return PruningPlan.load(Path(opts.plan_file)) if opts.plan_file else None
+    plan = PruningPlan.load(Path(opts.plan_file)) if opts.plan_file else None
+    if plan is not None and plan.shape.num_experts and not plan.is_uniform:  # what derive_config would refuse
+        raise GreenpruneError(f"plan {opts.plan_file}: per-layer mixture-of-experts plans cannot be saved; use a "
+                              "uniform plan (the same experts count and expert width in every layer)")
+    return plan
 
 
 def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,

@@ -241,6 +241,9 @@ def test_impossible_requests_are_refused_clearly(kind, tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(bad))
     with pytest.raises(GreenpruneError, match="removes every expert"):
         run_prune(JobOptions(model=str(tmp_path / "no-such-model"), plan_file=str(tmp_path / "plan.json")))
+    per_layer.save(tmp_path / "per_layer.json")
+    with pytest.raises(GreenpruneError, match="use a uniform plan"):
+        run_prune(JobOptions(model=str(tmp_path / "no-such-model"), plan_file=str(tmp_path / "per_layer.json")))
     if kind == "qwen3_moe":
         cfg = CONFIGS[kind]()
         cfg.mlp_only_layers = [1]
