@@ -4,6 +4,8 @@ impossible requests refused, the default prune job end to end."""
 import copy
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -301,3 +303,31 @@ def test_plan_file_with_counts_only_is_resolved_by_router_statistics(tmp_path, s
     assert sum(p.numel() for p in pruned.parameters()) == plan.params()
     with pytest.raises(GreenpruneError, match="--scorer"):
         run_prune(JobOptions(model=str(src), scorer="wanda", data="pypkg:json", plan=PlanOptions(align=8), progress=False))
+
+
+def test_saves_load_in_a_fresh_interpreter_without_greenprune(tmp_path):
+    """Uniform MoE saves are the families' own checkpoints: a plain transformers process (greenprune never
+    imported, no remote code) loads each and gives the pruned model's logits exactly."""
+    dirs = []
+    for kind in ("qwen3_moe", "mixtral", "qwen2_moe"):
+        m = _model(kind)
+        pruned = prune_model(m, _random_plan(shape_of(m)))
+        d = tmp_path / kind
+        save_model_dir(d, model=pruned)
+        with torch.no_grad():
+            torch.save(pruned(_x()).logits, tmp_path / f"{kind}.pt")
+        dirs.append(str(d))
+    torch.save(_x(), tmp_path / "x.pt")
+    code = f"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+x = torch.load({str(tmp_path / "x.pt")!r})
+for d in {dirs!r}:
+    m = AutoModelForCausalLM.from_pretrained(d).eval()
+    with torch.no_grad():
+        assert torch.equal(m(x).logits, torch.load(d + ".pt")), d
+assert "greenprune" not in sys.modules
+print("ok", len({dirs!r}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"ok {len(dirs)}", r.stderr[-3000:]
