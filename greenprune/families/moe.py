@@ -19,6 +19,8 @@ LoRA) needs an nn.Linear per FFN and is not available for these families: `ffn_o
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..errors import GreenpruneError
@@ -40,8 +42,6 @@ class MoeFamily(Family):
 
     # --- the config ---------------------------------------------------------------------------------------
     def shape(self, c) -> ModelShape:
-        from dataclasses import replace
-
         return replace(super().shape(c), intermediate_size=getattr(c, self.ffn_width_field),
                        num_experts=int(getattr(c, self.experts_field)), experts_per_tok=int(c.num_experts_per_tok))
 
