@@ -1,6 +1,6 @@
 """Model families behind one seam (base.Family): where each keeps its parts and how each part is sliced.
 
-Every module of this package except base and shape defines one family as a module-level `FAMILY`; they are
+Every module of this package except base, moe and shape defines one family as a module-level `FAMILY`; they are
 found here by listing the package, so adding a family is one new file (plus its tests).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..errors import GreenpruneError
 from .base import LAYER_KEY, PER_LAYER_PREFIX, Family, layer_of
 from .shape import ModelShape
 
-_NOT_FAMILIES = {"base", "shape"}
+_NOT_FAMILIES = {"base", "moe", "shape"}  # moe: the shared base of the MoE families
 
 
 def _discover() -> dict[str, Family]:

@@ -52,6 +52,9 @@ class Family:
     norm_bias = False
     qk_norm = False
     gated_mlp = True
+    # mixture of experts (families/moe.py): routed experts in every decoder layer instead of one FFN
+    moe = False
+    ffn_width_field = "intermediate_size"  # the config field of the width `shape().intermediate_size` reads
     # transformers classes of one decoder layer and of the rotary embedding (layer streaming builds them)
     decoder_layer_class = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
     rotary_class = "transformers.models.llama.modeling_llama.LlamaRotaryEmbedding"
@@ -165,6 +168,10 @@ class Family:
         if part in self.o_cols and kind == "weight":
             return t.index_select(1, shape.query_channels(kv_keep))
         return t
+
+    def slice_planned(self, name: str, t: torch.Tensor, lp, shape: ModelShape) -> torch.Tensor:
+        """One tensor of a decoder layer sliced as its LayerPlan `lp` says (MoE families also slice experts)."""
+        return self.slice_layer_tensor(name, t, lp.ffn_keep, lp.kv_keep, shape)
 
     # --- layer streaming --------------------------------------------------------------------------------------
     def decoder_layer(self, config, index: int) -> nn.Module:

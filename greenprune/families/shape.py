@@ -6,7 +6,7 @@ A family (greenprune.families) derives a ModelShape from its config (`shape_of(c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -29,6 +29,11 @@ class ModelShape:
     norm_bias: bool = False  # LayerNorm with a bias (StarCoder2), the final norm too
     qk_norm: bool = False  # per-head q and k norms over head_dim (Qwen3, Gemma 3)
     gated_mlp: bool = True  # gate and up projections (False: one input projection, StarCoder2)
+    # mixture of experts (families/moe.py): experts per layer (0: a dense FFN) and experts each token is routed to;
+    # intermediate_size is then one expert's width (Qwen3-MoE moe_intermediate_size, Mixtral intermediate_size)
+    num_experts: int = 0
+    experts_per_tok: int = 0
+    shared_expert_size: int = 0  # a dense shared expert's width beside the routed ones (Qwen2-MoE), kept whole
 
     @property
     def heads_per_group(self) -> int:
@@ -67,8 +72,14 @@ class ModelShape:
         h, d = self.hidden_size, self.head_dim
         return h * q_heads * d * 2 + h * kv_heads * d * 2 + self.attention_biases(kv_heads)  # q, o ; k, v
 
-    def ffn_params(self, width: int) -> int:
-        return (3 if self.gated_mlp else 2) * self.hidden_size * width + self.ffn_biases(width)
+    def ffn_params(self, width: int, experts: Optional[int] = None) -> int:
+        """One FFN of `width` channels; MoE: `experts` experts of that width (default all) and the router's rows."""
+        one = (3 if self.gated_mlp else 2) * self.hidden_size * width + self.ffn_biases(width)
+        if not self.num_experts:
+            return one
+        e = self.num_experts if experts is None else experts
+        shared = (3 * self.shared_expert_size + 1) * self.hidden_size if self.shared_expert_size else 0  # + its gate [1, H]
+        return e * (one + self.hidden_size) + shared  # + one router row [H] per expert
 
     @property
     def norm_params(self) -> int:
@@ -80,15 +91,15 @@ class ModelShape:
         """A decoder layer's norms (they do not change with its widths)."""
         return self.norms_per_layer * self.norm_params + (2 * self.head_dim if self.qk_norm else 0)
 
-    def layer_params(self, ffn_width: int, kv_heads: int) -> int:
-        return self.attention_params(kv_heads) + self.ffn_params(ffn_width) + self.layer_norm_params
+    def layer_params(self, ffn_width: int, kv_heads: int, experts: Optional[int] = None) -> int:
+        return self.attention_params(kv_heads) + self.ffn_params(ffn_width, experts) + self.layer_norm_params
 
     def vocab_params(self, vocab: int) -> int:
         return vocab * self.hidden_size * (1 if self.tie_word_embeddings else 2)
 
-    def total_params(self, layers: Sequence[tuple[int, int]], vocab: int) -> int:
-        """layers: (ffn_width, kv_heads) of each kept layer."""
-        return sum(self.layer_params(f, k) for f, k in layers) + self.vocab_params(vocab) + self.norm_params
+    def total_params(self, layers: Sequence[tuple], vocab: int) -> int:
+        """layers: (ffn_width, kv_heads) of each kept layer, or (ffn_width, kv_heads, experts) for MoE layers."""
+        return sum(self.layer_params(*lw) for lw in layers) + self.vocab_params(vocab) + self.norm_params
 
     @property
     def dense_params(self) -> int:

@@ -18,7 +18,7 @@ from ..data import corpus
 from ..errors import GreenpruneError
 from ..evaluation.cache import ResultCache, model_identity
 from ..evaluation.tasks import run_tasks
-from ..families import shape_of
+from ..families import family_for, shape_of
 from ..modelio.load import load_model, num_params
 from ..modelio.reports import REPORT_NAME, hub_revision, source_spec
 from ..modelio.save import dir_size, save_model_dir, write_json_atomic
@@ -35,6 +35,7 @@ from ..recovery.plots import plot_loss
 from ..runinfo import machine_info
 from ..scoring.scorers import score_model
 from .evaluate import evaluate_pair, heldout_texts
+from .moe import build_moe_plan, check_moe_job
 from .options import JobOptions, Timer
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,17 @@ def check_inputs(opts: JobOptions) -> Optional[PruningPlan]:
         opts.recover.validate()
     for spec in (opts.data, *(opts.eval_data if opts.evaluate else ())):
         corpus.check_spec(spec)
-    return PruningPlan.load(Path(opts.plan_file)) if opts.plan_file else None
+    plan = PruningPlan.load(Path(opts.plan_file)) if opts.plan_file else None
+    if plan is not None and plan.shape.num_experts and not plan.is_uniform:  # what derive_config would refuse
+        raise GreenpruneError(f"plan {opts.plan_file}: per-layer mixture-of-experts plans cannot be saved; use a "
+                              "uniform plan (the same experts count and expert width in every layer)")
+    return plan
 
 
 def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
                plan_file: Optional[PruningPlan] = None) -> tuple[PruningPlan, dict]:
+    if family_for(model).moe:  # router statistics, not KL tables (planning/moe.py)
+        return build_moe_plan(model, tokenizer, opts, calib, timer, plan_file)
     shape = shape_of(model)
     if opts.plan_file:
         plan_file = plan_file or PruningPlan.load(Path(opts.plan_file))
@@ -114,13 +121,16 @@ def run_prune(opts: JobOptions, timer: Optional[Timer] = None) -> dict:
         calib, held = corpus.calibration_and_heldout(opts.data, suffixes=opts.suffixes)
     with timer("load"):
         dense, tok = load_model(opts.model)  # checks the architecture
+    moe = family_for(dense).moe
+    if moe:
+        check_moe_job(opts)
     calib, held = corpus.render_chats(tok, calib), corpus.render_chats(tok, held)
     plan, extra = build_plan(dense, tok, opts, calib, timer, plan_file)
     with timer("prune"):
         pruned = prune_model(dense, plan)
         pruned_tok = prune_tokenizer(tok, plan.vocab_keep) if plan.vocab_keep is not None else copy.deepcopy(tok)
-    refit = opts.use_reconstruct(extra["scores"].stats)
-    if opts.use_bias_compensation(plan):
+    refit = False if moe else opts.use_reconstruct(extra["scores"].stats)  # MoE: no dense FFN to refit
+    if not moe and opts.use_bias_compensation(plan):
         with timer("reconstruct"):
             compensate_(pruned, dense, plan, extra["scores"].stats, refit, opts.reconstruct_ridge)
     elif refit:
@@ -139,7 +149,7 @@ def run_prune(opts: JobOptions, timer: Optional[Timer] = None) -> dict:
         "options": _jsonable(asdict(opts)),
         "params": {"dense": num_params(dense), "pruned": num_params(pruned), "ratio": 1 - num_params(pruned) / num_params(dense)},
         "plan": plan.to_dict(),
-        "compensation": {"bias": opts.use_bias_compensation(plan), "refit": refit},
+        "compensation": {"bias": not moe and opts.use_bias_compensation(plan), "refit": refit},
         "importance": {k: v for k, v in extra.items() if k != "scores"},
         **({"recovery": recovery} if recovery is not None else {}),
         "machine": machine_info(),

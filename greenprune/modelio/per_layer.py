@@ -25,6 +25,8 @@ def heterogeneous_config(base, intermediate: list, heads: list, kv_heads: list):
     base_type = getattr(base, "base_model_type", None) or base.model_type
     if base_type not in FAMILIES or is_per_layer(base_type):
         raise GreenpruneError(f"no per-layer model type for '{base_type}'")
+    if FAMILIES[base_type].moe:  # its per-layer lists hold no expert counts / expert widths
+        raise GreenpruneError(f"{base_type}: mixture-of-experts models have no per-layer save; use a uniform plan")
     cfg_cls, _ = per_layer_classes(base_type)
     d = copy.deepcopy(base.to_dict())
     for k in ("model_type", "architectures", "per_layer_config", "auto_map", "transformers_version"):

@@ -27,6 +27,15 @@ class LayerPlan:
     kv_heads: int
     ffn_keep: Optional[tuple[int, ...]] = None  # kept intermediate channels (sorted); None = resolve by scores
     kv_keep: Optional[tuple[int, ...]] = None  # kept KV heads (each with its query heads)
+    # mixture-of-experts layers (shape.num_experts > 0; families/moe.py): ffn_width is each kept expert's width
+    experts: int = 0  # experts kept (0 in dense models)
+    experts_keep: Optional[tuple[int, ...]] = None  # kept original expert ids (sorted); None = resolve by scores
+    expert_ffn_keep: Optional[tuple[tuple[int, ...], ...]] = None  # per kept expert (in that order): its channels
+
+    @property
+    def widths(self) -> tuple:
+        """What the parameter arithmetic needs: (ffn_width, kv_heads), and experts for MoE layers."""
+        return (self.ffn_width, self.kv_heads, self.experts) if self.experts else (self.ffn_width, self.kv_heads)
 
 
 @dataclass(frozen=True)
@@ -47,14 +56,17 @@ class PruningPlan:
 
     @property
     def is_uniform(self) -> bool:
-        return len({(lp.ffn_width, lp.kv_heads) for lp in self.layers}) <= 1
+        return len({lp.widths for lp in self.layers}) <= 1
 
     @property
     def is_resolved(self) -> bool:
+        if self.shape.num_experts:
+            return all(lp.experts_keep is not None and lp.expert_ffn_keep is not None and lp.kv_keep is not None
+                       for lp in self.layers)
         return all(lp.ffn_keep is not None and lp.kv_keep is not None for lp in self.layers)
 
     def params(self) -> int:
-        return self.shape.total_params([(lp.ffn_width, lp.kv_heads) for lp in self.layers], self.vocab_size)
+        return self.shape.total_params([lp.widths for lp in self.layers], self.vocab_size)
 
     def ratio(self) -> float:
         return 1.0 - self.params() / self.shape.dense_params
@@ -68,6 +80,12 @@ class PruningPlan:
                 d["ffn_keep"] = list(lp.ffn_keep)
             if lp.kv_keep is not None:
                 d["kv_keep"] = list(lp.kv_keep)
+            if lp.experts:
+                d["experts"] = lp.experts
+            if lp.experts_keep is not None:
+                d["experts_keep"] = list(lp.experts_keep)
+            if lp.expert_ffn_keep is not None:
+                d["expert_ffn_keep"] = [list(k) for k in lp.expert_ffn_keep]
             layers.append(d)
         return {
             "format": PLAN_FORMAT,
@@ -79,6 +97,7 @@ class PruningPlan:
                 "layers_dropped": self.dropped_layers,
                 "ffn_widths": [lp.ffn_width for lp in self.layers],
                 "kv_heads": [lp.kv_heads for lp in self.layers],
+                **({"experts": [lp.experts for lp in self.layers]} if self.shape.num_experts else {}),
                 "vocab_size": self.vocab_size,
             },
             "layers": layers,
@@ -105,7 +124,10 @@ class PruningPlan:
                     ffn_width=_int(x["ffn_width"], f"layers[{n}].ffn_width"),
                     kv_heads=_int(x["kv_heads"], f"layers[{n}].kv_heads"),
                     ffn_keep=_ids(x.get("ffn_keep"), f"layers[{n}].ffn_keep"),
-                    kv_keep=_ids(x.get("kv_keep"), f"layers[{n}].kv_keep")))
+                    kv_keep=_ids(x.get("kv_keep"), f"layers[{n}].kv_keep"),
+                    experts=_int(x.get("experts", 0), f"layers[{n}].experts"),
+                    experts_keep=_ids(x.get("experts_keep"), f"layers[{n}].experts_keep"),
+                    expert_ffn_keep=_nested_ids(x.get("expert_ffn_keep"), f"layers[{n}].expert_ffn_keep")))
             meta = d.get("meta") or {}
             if not isinstance(meta, dict):
                 raise TypeError("meta must be an object")
@@ -151,10 +173,48 @@ class PruningPlan:
                 if keep is not None and (len(keep) != width or list(keep) != sorted(set(keep))
                                          or keep[0] < 0 or keep[-1] >= n):
                     raise GreenpruneError(f"layer {lp.index}: {what} must be {width} sorted unique ids in [0, {n})")
+            _validate_experts(s, lp)
         if self.vocab_keep is not None:
             v = self.vocab_keep
             if not v or list(v) != sorted(set(v)) or v[0] < 0 or v[-1] >= s.vocab_size:
                 raise GreenpruneError(f"vocab_keep must be sorted unique ids in [0, {s.vocab_size})")
+
+
+def _sorted_ids(keep, n: int) -> bool:
+    return list(keep) == sorted(set(keep)) and (not keep or (keep[0] >= 0 and keep[-1] < n))
+
+
+def _validate_experts(s: ModelShape, lp: LayerPlan) -> None:
+    """A MoE layer's plan: at least top-k experts kept (the router still picks num_experts_per_tok of them),
+    each kept expert with ffn_width channels of its own; a dense model's layers name no experts."""
+    if not s.num_experts:
+        if lp.experts or lp.experts_keep is not None or lp.expert_ffn_keep is not None:
+            raise GreenpruneError(f"layer {lp.index}: the plan names experts but the model has none")
+        return
+    if lp.experts < 1:
+        raise GreenpruneError(f"layer {lp.index}: the plan removes every expert of a mixture-of-experts layer "
+                              f"(experts {lp.experts} of {s.num_experts}); keep at least {s.experts_per_tok}")
+    if lp.experts > s.num_experts:
+        raise GreenpruneError(f"layer {lp.index}: experts {lp.experts} is more than the model's {s.num_experts}")
+    if lp.experts < s.experts_per_tok:
+        raise GreenpruneError(f"layer {lp.index}: keeps {lp.experts} experts but the router picks top_k = "
+                              f"{s.experts_per_tok} per token (num_experts_per_tok); keep at least {s.experts_per_tok}")
+    if lp.experts_keep is not None and (len(lp.experts_keep) != lp.experts or not _sorted_ids(lp.experts_keep, s.num_experts)):
+        raise GreenpruneError(f"layer {lp.index}: experts_keep must be {lp.experts} sorted unique ids in [0, {s.num_experts})")
+    if lp.expert_ffn_keep is not None:
+        if len(lp.expert_ffn_keep) != lp.experts or any(
+                len(k) != lp.ffn_width or not _sorted_ids(k, s.intermediate_size) for k in lp.expert_ffn_keep):
+            raise GreenpruneError(f"layer {lp.index}: expert_ffn_keep must list, for each of its {lp.experts} kept "
+                                  f"experts, {lp.ffn_width} sorted unique channel ids in [0, {s.intermediate_size})")
+
+
+def _nested_ids(x, what: str) -> Optional[tuple[tuple[int, ...], ...]]:
+    """None or a list of lists of integers."""
+    if x is None:
+        return None
+    if not isinstance(x, list):
+        raise TypeError(f"{what} must be a list of lists of integers, got {type(x).__name__}")
+    return tuple(_ids(v, f"{what}[{i}]") for i, v in enumerate(x))
 
 
 def _int(x, what: str) -> int:
@@ -187,9 +247,11 @@ def _ids(x, what: str) -> Optional[tuple[int, ...]]:
 
 def identity_plan(shape: ModelShape) -> PruningPlan:
     """A plan that removes nothing (its pruned model reproduces the dense logits exactly)."""
+    e, f = shape.num_experts, tuple(range(shape.intermediate_size))
+    moe = dict(experts=e, experts_keep=tuple(range(e)), expert_ffn_keep=(f,) * e) if e else {}
     layers = tuple(
         LayerPlan(i, shape.intermediate_size, shape.num_key_value_heads,
-                  tuple(range(shape.intermediate_size)), tuple(range(shape.num_key_value_heads)))
+                  f, tuple(range(shape.num_key_value_heads)), **moe)
         for i in range(shape.num_hidden_layers)
     )
     return PruningPlan(shape, layers, None, {"method": "identity"})

@@ -20,14 +20,24 @@ _TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_i
 
 def derive_config(config, plan: PruningPlan):
     """The pruned model's config: a plain config of the dense type for uniform plans, else greenprune_<type>."""
-    family_for(config)
+    fam = family_for(config)
     if is_per_layer(config):
         raise GreenpruneError("this model is already pruned per layer; prune the dense model instead")
     shape = plan.shape
     widths = [lp.ffn_width for lp in plan.layers]
     kv = [lp.kv_heads for lp in plan.layers]
     heads = [k * shape.heads_per_group for k in kv]
-    if plan.is_uniform:
+    if fam.moe:
+        # modeling_greenprune's per-layer configs hold per-layer intermediate_size and head counts, not expert
+        # counts or moe_intermediate_size: a MoE plan must be uniform to be saved (as the family's own type)
+        if not plan.is_uniform:
+            raise GreenpruneError(f"{fam.name}: per-layer mixture-of-experts plans cannot be saved (widths "
+                                  f"{sorted({lp.widths for lp in plan.layers})}); use a uniform plan")
+        cfg = copy.deepcopy(config)
+        fam.set_widths(cfg, widths[0], plan.layers[0].experts)
+        cfg.num_key_value_heads = kv[0]
+        cfg.num_attention_heads = heads[0]
+    elif plan.is_uniform:
         cfg = copy.deepcopy(config)
         cfg.intermediate_size = widths[0]
         cfg.num_key_value_heads = kv[0]
@@ -77,7 +87,7 @@ def pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
             if old not in by_index:
                 continue
             new, lp = by_index[old]
-            out[f"model.layers.{new}.{name}"] = fam.slice_layer_tensor(name, t, lp.ffn_keep, lp.kv_keep, plan.shape).contiguous()
+            out[f"model.layers.{new}.{name}"] = fam.slice_planned(name, t, lp, plan.shape).contiguous()
         elif vocab is not None and key in fam.vocab_keys:
             out[key] = t.index_select(0, vocab).contiguous()
         else:

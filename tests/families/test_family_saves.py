@@ -88,7 +88,8 @@ def saved(request, saves):
 
 
 def test_every_family_is_covered_here():
-    assert {family_for(CONFIGS[k]()).name for k in CONFIGS} == {f.name for f in FAMILIES.values()}
+    # mixture-of-experts families have no per-layer save (refused): test_moe.py covers them
+    assert {family_for(CONFIGS[k]()).name for k in CONFIGS} == {f.name for f in FAMILIES.values() if not f.moe}
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
