@@ -1,4 +1,7 @@
-"""The one-pass evaluation gives the numbers of the separate passes; next-line completion stops early exactly."""
+"""The one-pass evaluation gives the numbers of the separate passes; next-line completion stops early exactly
+and batched completion gives the one-by-one tokens."""
+import os
+
 import pytest
 import torch
 from helpers import tiny_model
@@ -8,6 +11,9 @@ from greenprune.evaluation.metrics import (
     LineDecided,
     agreement,
     bits_per_byte,
+    greedy_continuations,
+    next_line_completions,
+    next_line_samples,
     pair_metrics,
 )
 from greenprune.jobs.evaluate import evaluate_pair
@@ -74,3 +80,60 @@ def test_evaluate_pair_reuses_the_cached_dense_results(pair, real_tokenizer, tmp
         for k in ("bpb", "next_line_exact_match"):
             assert second[side][k] == pytest.approx(first[side][k], rel=1e-6)
     assert n2 < n1  # the dense completions came from the cache
+
+
+def test_batched_greedy_continuations_equal_one_by_one(pair, real_tokenizer):
+    """Left padding changes nothing: prompts of different lengths continued 16 at a time give the tokens each
+    gives alone (no early stop, so every row runs all 12 steps and padding sits under every one of them)."""
+    dense, _ = pair
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, len(real_tokenizer), (n,), generator=g).tolist() for n in (3, 9, 17, 4, 30, 11)]
+    batched = greedy_continuations(dense, real_tokenizer, prompts, 12, batch_size=16, stop_line=False)
+    alone = [greedy_continuations(dense, real_tokenizer, [p], 12, batch_size=1, stop_line=False)[0] for p in prompts]
+    assert batched == alone
+    assert len(set(batched)) > 1 and all(batched)  # real continuations, not one repeated or empty string
+
+
+def test_next_line_match_is_the_same_batched_and_one_by_one(default_dir):
+    """On the real model, whose completions do start new lines: every scored line agrees."""
+    from greenprune.modelio.load import load_model
+
+    model, tok = load_model(str(default_dir))
+    code = open(os.__file__, encoding="utf-8").read()
+    samples = next_line_samples([code], 4)
+    batched = next_line_completions(model, tok, samples, max_new_tokens=24, batch_size=16, progress=False)
+    alone = [next_line_completions(model, tok, [s], max_new_tokens=24, batch_size=1, progress=False)[0]
+             for s in samples]
+    assert batched == alone
+    assert sum(line is not None for line in batched) >= len(samples) // 2  # most completions started a line
+
+
+def test_pair_metrics_under_vocabulary_pruning_share_the_dense_pass_per_text(real_tokenizer):
+    """A text that tokenizes the same under the pruned vocabulary takes no dense pass of its own; one that meets a
+    dropped token does. The numbers are the separate functions' either way."""
+    from greenprune.pruning.vocab import close_vocabulary, prune_tokenizer
+
+    inside, outside = TEXTS[0], "import os\nprint(os.getcwd())  # zebra quokka\n"
+    kept = close_vocabulary(real_tokenizer, set(real_tokenizer(inside, add_special_tokens=False)["input_ids"])
+                            | {real_tokenizer.bos_token_id or real_tokenizer.eos_token_id})
+    ptok = prune_tokenizer(real_tokenizer, kept)
+    assert ptok(outside, add_special_tokens=False)["input_ids"] != real_tokenizer(outside, add_special_tokens=False)[
+        "input_ids"]  # the second text does meet dropped tokens (else the test shows nothing)
+    kw = dict(layers=2, hidden=32, ffn=48, heads=4, kv_heads=2)
+    dense, pruned = tiny_model(seed=0, vocab_size=len(real_tokenizer), **kw), tiny_model(seed=1, vocab_size=len(kept), **kw)
+    calls = []
+    hook = dense.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        d, p, a = pair_metrics(dense, real_tokenizer, pruned, ptok, [inside, outside], kept, seq_len=24, progress=False)
+    finally:
+        hook.remove()
+    n_windows = {t: -(-len(tok(t, add_special_tokens=False)["input_ids"]) // 23) for t, tok in
+                 ((inside, ptok), (outside, ptok))}
+    n_dense_own = -(-len(real_tokenizer(outside, add_special_tokens=False)["input_ids"]) // 23)
+    assert len(calls) == n_windows[inside] + n_windows[outside] + n_dense_own
+    d_ref = bits_per_byte(dense, real_tokenizer, [inside, outside], 24, progress=False)
+    p_ref = bits_per_byte(pruned, ptok, [inside, outside], 24, progress=False)
+    a_ref = agreement(dense, pruned, ptok, [inside, outside], kept, 24, progress=False)
+    for got, ref in ((d, d_ref), (p, p_ref), (a, a_ref)):
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], rel=1e-5), k
