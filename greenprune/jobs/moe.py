@@ -2,7 +2,6 @@
 unified planner's KL tables (planning/moe.py says why and what the rule is)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from ..data import corpus
@@ -10,7 +9,7 @@ from ..errors import GreenpruneError
 from ..families import family_for, shape_of
 from ..planning.moe import check_moe_reachable, collect_moe_stats, make_moe_plan, resolve_moe_plan
 from ..planning.plan import PruningPlan
-from ..pruning.vocab import model_token_ids, vocabulary_for
+from ..pruning.vocab import check_tokenizer_fits, model_token_ids, vocabulary_for
 
 
 def check_moe_job(opts) -> None:
@@ -30,12 +29,12 @@ def build_moe_plan(model, tokenizer, opts, calib: list, timer,
     fam, shape = family_for(model), shape_of(model)
     check_moe_job(opts)
     if opts.plan_file:
-        plan_file = plan_file or PruningPlan.load(Path(opts.plan_file))
-        if plan_file.shape != shape:
-            raise GreenpruneError(f"plan {opts.plan_file} was made for another model shape ({plan_file.shape})")
+        plan_file = PruningPlan.load_for(opts.plan_file, shape, plan_file)
     else:
         opts.plan.validate(shape)
         check_moe_reachable(shape, opts.plan, min(shape.vocab_size, opts.vocab_extra) if opts.use_vocab else None)
+        if opts.use_vocab:  # before the long work, as for the other families
+            check_tokenizer_fits(tokenizer, shape.vocab_size)
     with timer("tokenize_calibration"):
         blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
     with timer("importance"):

@@ -63,9 +63,7 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
         return build_moe_plan(model, tokenizer, opts, calib, timer, plan_file)
     shape = shape_of(model)
     if opts.plan_file:
-        plan_file = plan_file or PruningPlan.load(Path(opts.plan_file))
-        if plan_file.shape != shape:
-            raise GreenpruneError(f"plan {opts.plan_file} was made for another model shape ({plan_file.shape})")
+        plan_file = PruningPlan.load_for(opts.plan_file, shape, plan_file)
     else:
         opts.plan.validate(shape)
         opts.plan.check_reachable(shape, min(shape.vocab_size, opts.vocab_extra) if opts.use_vocab else None)

@@ -141,6 +141,14 @@ class PruningPlan:
         write_json_atomic(Path(path), self.to_dict())
 
     @classmethod
+    def load_for(cls, path: Path, shape: ModelShape, loaded: Optional["PruningPlan"] = None) -> "PruningPlan":
+        """The plan file at `path` (or `loaded`, read from it before), refused unless made for `shape`."""
+        plan = loaded or cls.load(Path(path))
+        if plan.shape != shape:
+            raise GreenpruneError(f"plan {path} was made for another model shape ({plan.shape})")
+        return plan
+
+    @classmethod
     def load(cls, path: Path) -> "PruningPlan":
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
