@@ -94,3 +94,11 @@ def expert_channels(experts: torch.nn.Module, x: torch.Tensor, e: int) -> torch.
     computes them."""
     gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
     return experts.act_fn(gate) * up
+
+
+def check_every_layer_sparse(config, where: str, name: str) -> None:
+    """Qwen-style MoE configs can make some layers dense MLPs (mlp_only_layers / decoder_sparse_step); the MoE
+    families prune expert layers only, so such configs are refused."""
+    if getattr(config, "mlp_only_layers", None) or getattr(config, "decoder_sparse_step", 1) != 1:
+        raise GreenpruneError(f"{where}: {name} with dense-MLP layers (mlp_only_layers / decoder_sparse_step) "
+                              "is not supported; every layer must be a mixture of experts")

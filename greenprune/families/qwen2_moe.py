@@ -5,8 +5,7 @@ are pruned; the shared expert is kept whole. Dense-MLP layers (mlp_only_layers, 
 refused: a uniform plan could not describe both kinds."""
 from dataclasses import replace
 
-from ..errors import GreenpruneError
-from .moe import MoeFamily
+from .moe import MoeFamily, check_every_layer_sparse
 
 
 class Qwen2MoeFamily(MoeFamily):
@@ -24,9 +23,7 @@ class Qwen2MoeFamily(MoeFamily):
 
     def check(self, config, where: str) -> None:
         super().check(config, where)
-        if getattr(config, "mlp_only_layers", None) or getattr(config, "decoder_sparse_step", 1) != 1:
-            raise GreenpruneError(f"{where}: Qwen2-MoE with dense-MLP layers (mlp_only_layers / decoder_sparse_step) "
-                                  "is not supported; every layer must be a mixture of experts")
+        check_every_layer_sparse(config, where, "Qwen2-MoE")
 
 
 FAMILY = Qwen2MoeFamily()

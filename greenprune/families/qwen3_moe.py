@@ -2,8 +2,7 @@
 layer (families/moe.py); num_experts experts of moe_intermediate_size channels, top num_experts_per_tok per
 token, the top-k weights renormalised when norm_topk_prob. No shared expert. Layers with a dense MLP instead
 (mlp_only_layers, decoder_sparse_step > 1) are refused: a uniform plan could not describe both kinds."""
-from ..errors import GreenpruneError
-from .moe import MoeFamily
+from .moe import MoeFamily, check_every_layer_sparse
 
 
 class Qwen3MoeFamily(MoeFamily):
@@ -18,9 +17,7 @@ class Qwen3MoeFamily(MoeFamily):
 
     def check(self, config, where: str) -> None:
         super().check(config, where)
-        if getattr(config, "mlp_only_layers", None) or getattr(config, "decoder_sparse_step", 1) != 1:
-            raise GreenpruneError(f"{where}: Qwen3-MoE with dense-MLP layers (mlp_only_layers / decoder_sparse_step) "
-                                  "is not supported; every layer must be a mixture of experts")
+        check_every_layer_sparse(config, where, "Qwen3-MoE")
 
 
 FAMILY = Qwen3MoeFamily()

@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import GreenpruneError
 from ..families import ModelShape, family_for
 from ..families.moe import expert_channels
+from ..scoring.stats import run_with_hooks
 from .options import PlanOptions
 from .plan import LayerPlan, PruningPlan, keep_top
 
@@ -84,12 +84,7 @@ def collect_moe_stats(model, blocks: torch.Tensor, batch_size: int = 4,
     for st, layer in zip(stats, layers):
         handles.append(fam.router(layer).register_forward_hook(router_hook(st)))
         handles.append(fam.experts(layer).register_forward_hook(experts_hook(st)))
-    try:
-        for b in tqdm(range(0, len(blocks), batch_size), desc="router statistics", disable=not progress):
-            model(blocks[b : b + batch_size], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, blocks, handles, batch_size, "router statistics", progress)
     return stats, mass
 
 

@@ -85,13 +85,20 @@ def collect_activation_stats(model, blocks: torch.Tensor, batch_size: int = 4, p
 
     handles = [h for st, layer in zip(stats, layers) for h in attach_stat_hooks(fam, layer, st, gram)]
     handles.append(head.register_forward_hook(mass_hook))
+    run_with_hooks(model, blocks, handles, batch_size, "activation statistics", progress)
+    return stats, mass
+
+
+@torch.no_grad()
+def run_with_hooks(model, blocks: torch.Tensor, handles: list, batch_size: int, desc: str, progress: bool) -> None:
+    """One forward pass over calibration blocks [N, L], batch_size at a time; the hooks in `handles` collect what
+    they collect and are removed afterwards, even when the pass fails."""
     try:
-        for s in tqdm(range(0, len(blocks), batch_size), desc="activation statistics", disable=not progress):
+        for s in tqdm(range(0, len(blocks), batch_size), desc=desc, disable=not progress):
             model(blocks[s : s + batch_size], use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    return stats, mass
 
 
 def collect_gradient_stats(model, blocks: torch.Tensor, stats: list[LayerStats], mode: str, progress: bool = True) -> None:
