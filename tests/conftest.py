@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random Llama models built in the test, and the real default model's tokenizer."""
 import os
+import tempfile
 
 import torch  # torch alone does not import triton
 
@@ -9,6 +10,8 @@ import torch  # torch alone does not import triton
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = os.environ["GREENPRUNE_TRITON_INTERPRET_SET"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Cached dense results of the tests' throwaway models go to a folder of this run, not the user's cache.
+os.environ["GREENPRUNE_EVAL_CACHE"] = tempfile.mkdtemp(prefix="greenprune-test-eval-")
 
 import pytest  # noqa: E402
 

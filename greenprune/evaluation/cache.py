@@ -1,7 +1,7 @@
 """Results cached by what determines them, so an unchanged model is not evaluated twice.
 
 A key is a JSON object (the model's identity, the data's digest, every setting); its SHA-256 names one JSON file
-in the cache directory (GREENPRUNE_CACHE, default ~/.cache/greenprune, subfolder eval/). A model directory's
+in the cache directory (GREENPRUNE_EVAL_CACHE, default GREENPRUNE_CACHE/eval, i.e. ~/.cache/greenprune/eval). A model directory's
 identity is its resolved path with each file's name, size and modification time: rewriting a model in place
 changes it, and so does any other model. Files are written aside and renamed into place; an unreadable entry is
 a miss, never an error.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -38,7 +39,9 @@ def model_identity(spec: Optional[str]) -> dict:
 
 class ResultCache:
     def __init__(self, root: Optional[Path] = None):
-        self.root = Path(root) if root is not None else cache_dir() / "eval"
+        if root is None:
+            root = os.environ.get("GREENPRUNE_EVAL_CACHE") or cache_dir() / "eval"
+        self.root = Path(root)
 
     def _path(self, key: dict) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

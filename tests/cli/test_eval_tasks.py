@@ -80,7 +80,7 @@ metric_list:
 
 
 def test_prune_puts_dense_and_pruned_side_by_side_and_caches_the_dense(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("GREENPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GREENPRUNE_EVAL_CACHE", str(tmp_path / "cache"))  # empty: the first run must miss
     args = ["prune", "--model", str(tiny_dir), "--ratio", "0.2", "--method", "uniform", "--vocab", "--align", "16",
             "--calib-tokens", "256", "--seq-len", "64", "--no-eval", "--eval-tasks", "humaneval", "--eval-limit", "1",
             "--no-progress"]
