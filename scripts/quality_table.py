@@ -1,6 +1,8 @@
 """Reproduce the README's quality table: greenprune's unified plan vs simpler baselines at equal budgets.
 
     .venv/bin/python scripts/quality_table.py --ratios 0.22 0.30 0.50 --out benches/results/quality_cpu.json
+    .venv/bin/python scripts/quality_table.py --model gemma3-270m --ratios 0.22 0.30 \
+        --out benches/results/quality_gemma3_270m_cpu.json
 
 Every row runs the same `greenprune prune` job (same data, same eval budgets) with another method; the JSON
 keeps each run's full report summary, the machine and the date, and a Markdown table is printed.
@@ -43,10 +45,19 @@ def main():
     ap.add_argument("--rows", nargs="*", default=list(BASELINES))
     ap.add_argument("--out", default="benches/results/quality_cpu.json")
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--model", default=None, help="a model directory, file or packaged name (default: the default model)")
+    ap.add_argument("--calib-tokens", type=int, default=None, help="default: prune's")
+    ap.add_argument("--kl-tokens", type=int, default=None, help="default: prune's")
+    ap.add_argument("--nextline-samples", type=int, default=16)
     ap.add_argument("--replace", action="store_true", help="write only this run's rows (default: merge into --out)")
     a = ap.parse_args()
     rows = []
-    base = JobOptions(eval_tokens=a.eval_tokens, nextline_samples=16, progress=False)
+    base = JobOptions(eval_tokens=a.eval_tokens, nextline_samples=a.nextline_samples, progress=False)
+    if a.model:
+        base = replace(base, model=a.model)
+    for name in ("calib_tokens", "kl_tokens"):
+        if getattr(a, name) is not None:
+            base = replace(base, **{name: getattr(a, name)})
     scratch = Path(tempfile.mkdtemp(prefix="gp-quality-"))
     for ratio in a.ratios:
         for name in a.rows:
@@ -67,7 +78,7 @@ def main():
             ev = r["eval"]
             sets = [k for k in ev["dense"] if isinstance(ev["dense"][k], dict)]
             row = {"ratio": ratio, "method": name, "params_pruned": r["params"]["pruned"], "params_dense": r["params"]["dense"],
-                   "removed": r["params"]["ratio"], "plan_summary": r["plan"]["summary"], "wall_s": round(time.time() - t, 1),
+                   "removed": r["params"]["ratio"], "vocab_share_of_removed": vocab_share(r), "plan_summary": r["plan"]["summary"], "wall_s": round(time.time() - t, 1),
                    "next_line_em": [ev["dense"].get("next_line_exact_match"), ev["pruned"].get("next_line_exact_match")],
                    "cpu_tokens_per_s": [ev["dense"]["cpu_tokens_per_s"], ev["pruned"]["cpu_tokens_per_s"]]}
             for k in sets:
@@ -80,7 +91,9 @@ def main():
             print(json.dumps({k: v for k, v in row.items() if k != "plan_summary"}), flush=True)
     doc = {"date": datetime.date.today().isoformat(), "greenprune": __version__, "torch": torch.__version__,
            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only",
-           "command": "python scripts/quality_table.py --ratios " + " ".join(map(str, a.ratios)), "rows": rows}
+           "model": base.model,
+           "command": "python scripts/quality_table.py" + (f" --model {a.model}" if a.model else "") + " --ratios "
+                      + " ".join(map(str, a.ratios)), "rows": rows}
     out = Path(a.out)
     if out.exists() and not a.replace:  # keep the rows not re-measured in this run, in table order
         old = json.loads(out.read_text())
@@ -94,6 +107,15 @@ def main():
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(out)
     print(markdown(doc["rows"]))
+
+
+def vocab_share(report: dict) -> float:
+    """The share of the removed parameters that are vocabulary rows (embedding, and the LM head when untied)."""
+    shape, summary = report["plan"]["shape"], report["plan"]["summary"]
+    removed = report["params"]["dense"] - report["params"]["pruned"]
+    rows = shape["vocab_size"] - summary["vocab_size"]
+    per_row = shape["hidden_size"] * (1 if shape["tie_word_embeddings"] else 2)
+    return round(rows * per_row / removed, 4) if removed else 0.0
 
 
 def markdown(rows) -> str:
