@@ -37,11 +37,6 @@ def _row(name, he, nextline=None):
             "cached": he.get("cached", False), "next_line_exact_match": nextline}
 
 
-def _write(path: Path, doc: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(path), doc)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.22, 0.30])
@@ -76,7 +71,8 @@ def main():
     def add(row):  # one row at a time, written at once: an interrupted table keeps what it measured
         doc["rows"] = [r for r in doc["rows"] if r["model"] != row["model"]] + [row]
         doc["wall_s"] = round(time.perf_counter() - t_all, 1)
-        _write(Path(a.out), doc)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(a.out), doc)
         print(json.dumps(row), flush=True)
 
     for ratio in a.ratios:
@@ -93,7 +89,7 @@ def main():
         recovered_name = f"pruned {ratio:.0%} + LoRA recovery (recover's defaults)"
         if a.no_recover or recovered_name in done:
             continue
-        if not (out / "model.safetensors").exists() and not any(out.glob("*.safetensors")):
+        if not any(out.glob("*.safetensors")):
             raise SystemExit(f"{out} holds no pruned model to recover; rerun without --resume")
         rec = scratch / f"recovered-{round(ratio * 100)}"
         # an interrupted recovery resumes from its own checkpoint (rec.ckpt), which --overwrite leaves alone
