@@ -78,7 +78,7 @@ def main():
             ev = r["eval"]
             sets = [k for k in ev["dense"] if isinstance(ev["dense"][k], dict)]
             row = {"ratio": ratio, "method": name, "params_pruned": r["params"]["pruned"], "params_dense": r["params"]["dense"],
-                   "removed": r["params"]["ratio"], "vocab_share_of_removed": vocab_share(r), "plan_summary": r["plan"]["summary"], "wall_s": round(time.time() - t, 1),
+                   "removed": r["params"]["ratio"], "vocab_share_of_removed": r["plan"]["summary"]["vocab_share_of_removed"], "plan_summary": r["plan"]["summary"], "wall_s": round(time.time() - t, 1),
                    "next_line_em": [ev["dense"].get("next_line_exact_match"), ev["pruned"].get("next_line_exact_match")],
                    "cpu_tokens_per_s": [ev["dense"]["cpu_tokens_per_s"], ev["pruned"]["cpu_tokens_per_s"]]}
             for k in sets:
@@ -107,15 +107,6 @@ def main():
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(out)
     print(markdown(doc["rows"]))
-
-
-def vocab_share(report: dict) -> float:
-    """The share of the removed parameters that are vocabulary rows (embedding, and the LM head when untied)."""
-    shape, summary = report["plan"]["shape"], report["plan"]["summary"]
-    removed = report["params"]["dense"] - report["params"]["pruned"]
-    rows = shape["vocab_size"] - summary["vocab_size"]
-    per_row = shape["hidden_size"] * (1 if shape["tie_word_embeddings"] else 2)
-    return round(rows * per_row / removed, 4) if removed else 0.0
 
 
 def markdown(rows) -> str:

@@ -15,7 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from .._version import __version__
 from ..errors import GreenpruneError
-from ..modelio.load import cache_dir
+from ..modelio.load import DEFAULT_MODEL, PACKAGED_MODELS, packaged_cache_path
 from ..modelio.reports import read_report
 from ..modelio.save import check_output
 from . import deploy, evaluate, prune, recover, search
@@ -39,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # options that name what a command reads: --out must never be, contain or lie inside any of them
 INPUT_OPTIONS = ("model", "reference", "data", "eval_data", "plan", "tokenizer", "completions", "lm_eval_include")
-DEFAULT_MODEL_DIR = "SmolLM2-135M-Instruct"  # under the cache directory (modelio.load.default_model_dir)
 
 
 def inputs_of(a) -> list[tuple[str, object]]:
@@ -53,7 +52,9 @@ def inputs_of(a) -> list[tuple[str, object]]:
                 found.append((f"--{name.replace('_', '-')}", spec))
     model = getattr(a, "model", "")
     if model is None:
-        found.append(("(the default model)", cache_dir() / DEFAULT_MODEL_DIR))
+        found.append(("(the default model)", packaged_cache_path(DEFAULT_MODEL)))
+    elif model in PACKAGED_MODELS:
+        found.append((f"(the packaged model {model})", packaged_cache_path(model)))
     elif model and Path(model).is_dir():
         src = (read_report(model) or {}).get("source_model")
         if src:

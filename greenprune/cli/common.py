@@ -21,7 +21,7 @@ def job_args(p) -> None:
            type=int)
     option(p, "--eval-tokens", J.eval_tokens, "tokens per evaluation corpus", type=int)
     option(p, "--seq-len", J.seq_len, "sequence length of calibration blocks / eval windows", type=int)
-    option(p, "--nextline-samples", J.nextline_samples, "next-line completion samples (0: skip)", type=int)
+    option(p, "--nextline-samples", J.nextline_samples, "next-line completion samples (0: no generation: no next-line score, no sample completion)", type=int)
     switch(p, "--no-progress", "no progress bars")
 
 

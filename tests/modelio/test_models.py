@@ -97,6 +97,10 @@ def test_default_model_is_cached_safetensors(default_dir):
 
 def test_hub_id_goes_through_the_hub_loader_and_fails_clearly_offline(monkeypatch):
     """A hub id is handed to from_pretrained (real loading code); offline it is one clear error."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once at import: set the constant too, or the hub client retries the network for ~20 s first
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(GreenpruneError, match="cannot read the config of someorg/some-llama"):
         load_model("someorg/some-llama")

@@ -61,3 +61,18 @@ def test_widths_only_plan_resolves_to_top_scores():
 def test_identity_plan_removes_nothing():
     p = identity_plan(SHAPE)
     assert p.params() == SHAPE.dense_params and p.ratio() == 0.0 and p.is_uniform
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_vocabulary_share_of_removed_counts_rows_once_or_twice(tied):
+    from dataclasses import replace
+
+    shape = replace(SHAPE, tie_word_embeddings=tied)
+    full = identity_plan(shape)
+    assert full.vocab_share_of_removed() == 0.0  # nothing removed: no division by zero
+    vocab_only = PruningPlan(shape, full.layers, tuple(range(0, 97, 2)))
+    assert vocab_only.vocab_share_of_removed() == 1.0
+    both = PruningPlan(shape, (full.layers[0], full.layers[2]), tuple(range(0, 97, 2)))  # and one layer dropped
+    rows = (97 - 49) * 48 * (1 if tied else 2)
+    assert both.vocab_share_of_removed() == round(rows / (shape.dense_params - both.params()), 4)
+    assert both.to_dict()["summary"]["vocab_share_of_removed"] == both.vocab_share_of_removed()
