@@ -92,8 +92,10 @@ def main():
         if not any(out.glob("*.safetensors")):
             raise SystemExit(f"{out} holds no pruned model to recover; rerun without --resume")
         rec = scratch / f"recovered-{round(ratio * 100)}"
-        # an interrupted recovery resumes from its own checkpoint (rec.ckpt), which --overwrite leaves alone
-        run_recover(RecoverOptions(model=str(out), out=str(rec), overwrite=True, progress=False))
+        if a.resume and _finished_recovery(rec):
+            print(f"resume: {rec} holds a finished recovery; evaluating it")
+        else:  # an interrupted recovery resumes from its own checkpoint (rec.ckpt), which --overwrite leaves alone
+            run_recover(RecoverOptions(model=str(out), out=str(rec), overwrite=True, progress=False))
         res = run_eval_job(str(rec), None, replace(JobOptions(progress=False), eval_tasks=tasks))
         add(_row(recovered_name, res["tasks"]["humaneval"]))
     print("| model | HumanEval pass@1 | problems | next-line exact match | s / problem |")
@@ -101,6 +103,15 @@ def main():
     for r in doc["rows"]:
         nl = "-" if r["next_line_exact_match"] is None else f"{r['next_line_exact_match']:.3f}"
         print(f"| {r['model']} | {r['pass@1']:.3f} | {r['problems']} | {nl} | {r['seconds_per_problem']:.2f} |")
+
+
+def _finished_recovery(rec: Path) -> bool:
+    """A recovered model saved whole (the save is atomic, so a report with its recovery means it finished)."""
+    try:
+        report = json.loads((rec / "greenprune_report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "recovery" in report and any(rec.glob("*.safetensors"))
 
 
 if __name__ == "__main__":
