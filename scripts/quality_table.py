@@ -11,6 +11,8 @@ import argparse
 import datetime
 import json
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -73,6 +75,7 @@ def main():
                 r = run_prune(opts)
             except Exception as e:  # e.g. a budget that whole-layer removal cannot meet
                 rows.append({"ratio": ratio, "method": name, "error": str(e)})
+                write(Path(a.out), rows, base, a.replace)
                 print(f"{ratio:.2f} {name}: {e}", flush=True)
                 continue
             ev = r["eval"]
@@ -89,13 +92,19 @@ def main():
                 row["layer_drop_check"] = r["importance"]["layer_drop_check"]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "plan_summary"}), flush=True)
+            write(Path(a.out), rows, base, a.replace)  # each row as soon as it is measured
+    doc = write(Path(a.out), rows, base, a.replace)
+    print(markdown(doc["rows"]))
+
+
+def write(out: Path, rows: list, base: JobOptions, replace_all: bool) -> dict:
+    """The JSON with this run's rows, merged into the rows of --out not re-measured (unless --replace); atomic."""
     doc = {"date": datetime.date.today().isoformat(), "greenprune": __version__, "torch": torch.__version__,
            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only",
-           "model": base.model,
-           "command": "python scripts/quality_table.py" + (f" --model {a.model}" if a.model else "") + " --ratios "
-                      + " ".join(map(str, a.ratios)), "rows": rows}
-    out = Path(a.out)
-    if out.exists() and not a.replace:  # keep the rows not re-measured in this run, in table order
+           "model": base.model, "command": "python " + " ".join(shlex.quote(x) for x in sys.argv),
+           "budgets": {"calib_tokens": base.calib_tokens, "kl_tokens": base.kl_tokens, "eval_tokens": base.eval_tokens,
+                       "nextline_samples": base.nextline_samples}, "rows": rows}
+    if out.exists() and not replace_all:  # keep the rows not re-measured in this run, in table order
         old = json.loads(out.read_text())
         fresh = {(r["ratio"], r["method"]) for r in rows}
         kept = [r for r in old.get("rows", []) if (r["ratio"], r["method"]) not in fresh]
@@ -106,7 +115,7 @@ def main():
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(out)
-    print(markdown(doc["rows"]))
+    return doc
 
 
 def markdown(rows) -> str:
