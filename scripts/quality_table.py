@@ -61,6 +61,7 @@ def main():
         if getattr(a, name) is not None:
             base = replace(base, **{name: getattr(a, name)})
     scratch = Path(tempfile.mkdtemp(prefix="gp-quality-"))
+    doc = None  # the JSON as last written: each row is written as soon as it is measured
     for ratio in a.ratios:
         for name in a.rows:
             method, scorer, vocab = BASELINES[name]
@@ -75,7 +76,7 @@ def main():
                 r = run_prune(opts)
             except Exception as e:  # e.g. a budget that whole-layer removal cannot meet
                 rows.append({"ratio": ratio, "method": name, "error": str(e)})
-                write(Path(a.out), rows, base, a.replace)
+                doc = write(Path(a.out), rows, base, a.replace)
                 print(f"{ratio:.2f} {name}: {e}", flush=True)
                 continue
             ev = r["eval"]
@@ -92,8 +93,9 @@ def main():
                 row["layer_drop_check"] = r["importance"]["layer_drop_check"]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "plan_summary"}), flush=True)
-            write(Path(a.out), rows, base, a.replace)  # each row as soon as it is measured
-    doc = write(Path(a.out), rows, base, a.replace)
+            doc = write(Path(a.out), rows, base, a.replace)
+    if doc is None:  # no row asked for: the file as it was, merged
+        doc = write(Path(a.out), rows, base, a.replace)
     print(markdown(doc["rows"]))
 
 
