@@ -91,6 +91,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=None,
                     help="prune a copy of the model cut to its first N decoder layers (faster iteration)")
     ap.add_argument("--kl-depth", type=int, default=None, help="PlanOptions.kl_depth (default: the job's, exact)")
+    ap.add_argument("--kl-dtype", default=None, help="PlanOptions.kl_dtype (default: the job's)")
+    ap.add_argument("--eval-tokens", type=int, default=None, help="JobOptions.eval_tokens (default: the job's)")
     ap.add_argument("--label", default="", help="a name for this version, kept in the JSON")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benches/results/pipeline-DATE.json)")
     a = ap.parse_args(argv)
@@ -100,6 +102,10 @@ def main(argv=None) -> dict:
     opts = scaled(replace(JobOptions(), model=model, progress=False, overwrite=True), a.scale)
     if a.kl_depth is not None:
         opts = replace(opts, plan=replace(opts.plan, kl_depth=a.kl_depth))
+    if a.kl_dtype is not None:
+        opts = replace(opts, plan=replace(opts.plan, kl_dtype=a.kl_dtype))
+    if a.eval_tokens is not None:
+        opts = replace(opts, eval_tokens=a.eval_tokens)
     dense, _ = load_model(opts.model)
     shape = shape_of(dense)
     tps_before = cpu_tokens_per_second(dense, dense.config.vocab_size)
@@ -123,7 +129,7 @@ def main(argv=None) -> dict:
     quality = {k: v.get("bpb_ratio") for k, v in ev.get("pruned", {}).items() if isinstance(v, dict) and "bpb_ratio" in v}
     result = {
         "benchmark": "pipeline", "label": a.label, "scale": a.scale, "layers": a.layers, "model": a.model,
-        "kl_depth": opts.plan.kl_depth,
+        "kl_depth": opts.plan.kl_depth, "kl_dtype": report.get("importance", {}).get("kl_tables", {}).get("replay_dtype"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(), "cpu": cpu_name(), "loadavg": list(Path("/proc/loadavg").read_text().split()[:3])},
         "command": " ".join(sys.argv),

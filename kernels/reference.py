@@ -80,19 +80,29 @@ def kl_divergence(
     for s in range(0, h_dense.shape[0], chunk):
         ld = h_dense[s : s + chunk].float() @ w_dense.float().T  # [t, V]
         lp = h_pruned[s : s + chunk].float() @ w_pruned.float().T  # [t, K]
-        lse_full = torch.logsumexp(ld, -1)
-        ld_kept = ld if kept_ids is None else ld[:, kept_ids]  # [t, K]
-        lse_kept = torch.logsumexp(ld_kept, -1)
-        logp = ld_kept - lse_kept[:, None]
-        logq = torch.log_softmax(lp, -1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)
-        dropped = (1.0 - torch.exp(lse_kept - lse_full)).clamp_min(0.0)
-        outs.append((kl, dropped, ld_kept.argmax(-1), lp.argmax(-1)))
+        outs.append(kl_from_logits(ld, lp, kept_ids)[0])
     if not outs:
         dev = h_dense.device
         z, i = torch.zeros(0, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
         return KLResult(z, z.clone(), i, i.clone())
     return KLResult(*[torch.cat(t) for t in zip(*outs)])
+
+
+def kl_from_logits(
+    ld: torch.Tensor, lp: torch.Tensor, kept_ids: Optional[torch.Tensor] = None
+) -> tuple[KLResult, torch.Tensor, torch.Tensor]:
+    """kl_divergence's per-token results from fp32 logits already computed, dense [T, V] and pruned [T, K], and
+    the two logsumexps [T] (dense over all V, pruned over K): what a caller that also needs the models'
+    likelihoods (the evaluation) shares instead of computing the head products twice."""
+    lse_full = torch.logsumexp(ld, -1)
+    ld_kept = ld if kept_ids is None else ld[:, kept_ids]  # [T, K]
+    lse_kept = lse_full if kept_ids is None else torch.logsumexp(ld_kept, -1)
+    logp = ld_kept - lse_kept[:, None]
+    lse_p = torch.logsumexp(lp, -1)
+    logq = lp - lse_p[:, None]
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    dropped = (1.0 - torch.exp(lse_kept - lse_full)).clamp_min(0.0)
+    return KLResult(kl, dropped, ld_kept.argmax(-1), lp.argmax(-1)), lse_full, lse_p
 
 
 # --- serving a pruned model -------------------------------------------------------------------------------

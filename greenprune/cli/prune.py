@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     option(p, "--kl-tokens", J.kl_tokens, "calibration tokens for the KL tables", type=int)
     option(p, "--kl-depth", P.kl_depth, "KL tables: layers re-run above each change (0: all, exact; N: a proxy whose "
            "cost grows linearly with depth)", type=int)
+    option(p, "--kl-dtype", P.kl_dtype, "precision of the KL tables' layer replays (auto: bfloat16 where its matrix "
+           "products are measured faster here, else float32)", choices=["auto", "float32", "bfloat16"])
     option(p, "--drop-check-tokens", J.drop_check_tokens,
            "calibration tokens of the whole-plan KL that decides whether removing layers pays", type=int)
     tri_state(p, "reconstruct", "reconstruct", "training-free least-squares refit of the projections that consume "
@@ -55,7 +57,8 @@ def add_parser(sub) -> None:
 
 def prune_options(a) -> JobOptions:
     plan = PlanOptions(ratio=a.ratio, align=a.align, method=a.method, max_ffn_prune=a.max_ffn_prune, kv=a.kv,
-                       drop_layers=not a.no_layer_drop, uniform=a.uniform, kl_depth=a.kl_depth)
+                       drop_layers=not a.no_layer_drop, uniform=a.uniform, kl_depth=a.kl_depth,
+                       kl_dtype=a.kl_dtype)
     recover = recover_options(a, "recover_", progress=not a.no_progress, seq_len=a.seq_len) if a.recover else None
     return JobOptions(plan=plan, scorer=a.scorer, vocab=a.vocab, vocab_extra=a.vocab_extra, kl_tokens=a.kl_tokens,
                       drop_check_tokens=a.drop_check_tokens, plan_file=a.plan, reconstruct=a.reconstruct,

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..families import family_for
-from ..kernels import kl_divergence
+from ..kernels.reference import kl_from_logits
 
 
 def _bos(tokenizer) -> int:
@@ -58,7 +58,7 @@ def agreement(dense, pruned, pruned_tokenizer, texts: list[str], vocab_keep: Opt
     for w in tqdm(_windows(pruned_tokenizer, texts, seq_len), desc="KL to dense", disable=not progress, leave=False):
         hd = fd.backbone(dense)(w[None] if keep is None else keep[w][None], use_cache=False).last_hidden_state[0]
         hp = fp.backbone(pruned)(w[None], use_cache=False).last_hidden_state[0]
-        r = kl_divergence(hd, fd.lm_head(dense).weight, hp, fp.lm_head(pruned).weight, keep)
+        r = kl_from_logits(fd.logits(dense, hd), fp.logits(pruned, hp), keep)[0]
         kl += r.kl.sum().item()
         dropped += r.dropped_mass.sum().item()
         agree += (r.argmax_dense == r.argmax_pruned).sum().item()
@@ -75,14 +75,8 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
     The dense model's bits per byte need its own tokenization; for each text where that equals the pruned
     tokenization mapped back to dense ids (no vocabulary pruning, or no dropped token in the text) its pass is
     shared with the KL; the other texts take one more dense pass, unless `dense_bpb` (a cached result) is given."""
-    if any(getattr(m.config, "final_logit_softcapping", None) for m in (dense, pruned)):
-        # the logits are not the head's output alone (Gemma 2): bits per byte from the models' own logits
-        d = dense_bpb or bits_per_byte(dense, dense_tokenizer, texts, seq_len, progress)
-        return d, bits_per_byte(pruned, pruned_tokenizer, texts, seq_len, progress), agreement(
-            dense, pruned, pruned_tokenizer, texts, vocab_keep, seq_len, progress)
     keep = None if vocab_keep is None else torch.as_tensor(vocab_keep)
     fd, fp = family_for(dense), family_for(pruned)
-    head_d, head_p = fd.lm_head(dense), fp.lm_head(pruned)
     # per text: its pruned windows, and whether the dense tokenization is the same text mapped back (then the
     # pass that gives the KL gives the dense log-likelihood too); texts are tokenized whole, so one dropped token
     # anywhere in a text shifts all its windows and only that text needs a dense pass of its own
@@ -99,15 +93,18 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
     nll_d = nll_p = kl = dropped = agree = 0.0
     n = tokens = tokens_d = 0
     for w, shared in tqdm(todo, desc="bits per byte and KL", disable=not progress, leave=False):
-        hd = fd.backbone(dense)(w[None] if keep is None else keep[w][None], use_cache=False).last_hidden_state[0]
+        wd = w if keep is None else keep[w]
+        hd = fd.backbone(dense)(wd[None], use_cache=False).last_hidden_state[0]
         hp = fp.backbone(pruned)(w[None], use_cache=False).last_hidden_state[0]
-        nll_p += torch.nn.functional.cross_entropy(head_p(hp[:-1]).float(), w[1:], reduction="sum").item()
+        # each head product once: the likelihoods and kernels.kl_divergence's results from the same logits (the
+        # models' own: Granite's scaling and Gemma's soft-capping applied)
+        ld, lp = fd.logits(dense, hd), fp.logits(pruned, hp)
+        r, lse_d, lse_p = kl_from_logits(ld, lp, keep)
+        nll_p += (lse_p[:-1] - lp[:-1].gather(1, w[1:, None])[:, 0]).sum().item()
         if shared:
-            nll_d += torch.nn.functional.cross_entropy(head_d(hd[:-1]).float(), (w if keep is None else keep[w])[1:],
-                                                       reduction="sum").item()
+            nll_d += (lse_d[:-1] - ld[:-1].gather(1, wd[1:, None])[:, 0]).sum().item()
             tokens_d += len(w) - 1
         tokens += len(w) - 1
-        r = kl_divergence(hd, head_d.weight, hp, head_p.weight, keep)
         kl += r.kl.sum().item()
         dropped += r.dropped_mass.sum().item()
         agree += (r.argmax_dense == r.argmax_pruned).sum().item()

@@ -103,6 +103,30 @@ class Family:
     def lm_head(self, model) -> nn.Linear:
         return model.lm_head
 
+    def logits(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's next-token logits (fp32) from its final normed hidden states: the LM head, then what the
+        modeling code applies after it (Granite's logits_scaling, Gemma 2/3's final soft-capping), so that a
+        metric computed from hidden states is the model's own."""
+        return self.transform_logits(model, self.lm_head(model)(hidden).float())
+
+    def transform_logits(self, model, z: torch.Tensor) -> torch.Tensor:
+        """The LM head's output z turned into the model's logits (see logits())."""
+        scale = getattr(model.config, "logits_scaling", None)
+        if scale is not None and scale != 1:
+            z = z / scale
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            z = torch.tanh(z / cap) * cap
+        return z
+
+    def head_weight(self, model) -> torch.Tensor:
+        """The LM head as the linear map to the logits that the KL kernels take (hidden states x weight): Granite's
+        logits_scaling folded in. A final soft-capping (Gemma 2) is not linear and is left out, so the planner's
+        and the distillation's KL there are those of the uncapped logits; the evaluation applies it (logits())."""
+        w = self.lm_head(model).weight
+        scale = getattr(model.config, "logits_scaling", None)
+        return w if scale is None or scale == 1 else w / scale
+
     def ffn_out(self, layer) -> nn.Linear:
         """The projection that consumes the FFN channels: its input is the channel activations."""
         return layer.mlp.down_proj

@@ -13,6 +13,7 @@ from ..families import ModelShape
 from .widths import ffn_widths
 
 METHODS = ("unified", "uniform", "layers")
+KL_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class PlanOptions:
     # KL tables: 0 re-runs every layer above a change (exact, O(layers^2 x candidates) layer passes); N > 0 re-runs
     # N layers and carries their change to the output (O(layers x candidates); agreement in benches/PIPELINE.md)
     kl_depth: int = 0
+    # KL tables' replay precision: "auto" = bfloat16 where its matrix products are measured faster (GPUs; CPUs with
+    # native bf16), else float32. On SmolLM2-135M bf16 moved table entries by 0.8% (median), 100x less than
+    # another 512 calibration tokens moved them (benches/PIPELINE.md); the head and the KL sums stay fp32/fp64
+    kl_dtype: str = "auto"
     # Removing KV groups: off by default. On SmolLM2 / stdlib at 22% the KL tables rated late-layer KV groups
     # cheap, but the plan generalised worse out of corpus (rich: 1.163x bpb with KV groups, 1.119x without).
     kv: bool = False
@@ -43,6 +48,8 @@ class PlanOptions:
         if shape is not None and self.align > shape.intermediate_size and self.method != "layers":
             raise GreenpruneError(f"--align {self.align} is larger than the FFN width {shape.intermediate_size}: no "
                                   f"FFN channel could be removed; use an --align of at most {shape.intermediate_size}")
+        if self.kl_dtype not in KL_DTYPES:
+            raise GreenpruneError(f"--kl-dtype must be one of {', '.join(KL_DTYPES)}, got {self.kl_dtype!r}")
         if not isinstance(self.kl_depth, int) or self.kl_depth < 0:
             raise GreenpruneError(f"--kl-depth must be 0 (exact) or a positive number of layers, got {self.kl_depth}")
 

@@ -124,7 +124,7 @@ def plan_kls(model, blocks: torch.Tensor, plans: list[PruningPlan], vocab_keep: 
     """Mean per-token KL(dense || plan) of each whole plan on `blocks` (one block at a time), by masked replay
     of the dense model (replay.py): what the physically pruned models give, without building them."""
     replay = LayerReplay(model, blocks, batch_size=1)
-    head = replay.family.lm_head(model).weight
+    head = replay.family.head_weight(model)
     keep = None if vocab_keep is None else torch.as_tensor(list(vocab_keep))
     pruned_head = head if keep is None else head[keep]
     out = []

@@ -61,8 +61,8 @@ def _loss(pruned, dense, keep, x: torch.Tensor, ce_weight: float) -> tuple[torch
         labels = torch.full_like(x, -100)
         labels[:, :-1] = x[:, 1:]
         labels = labels.reshape(-1)
-    return kl_loss(hd.reshape(-1, hd.shape[-1]), fd.lm_head(dense).weight, hp.reshape(-1, hp.shape[-1]),
-                   fp.lm_head(pruned).weight, keep, labels=labels, ce_weight=ce_weight, parts=True)
+    return kl_loss(hd.reshape(-1, hd.shape[-1]), fd.head_weight(dense), hp.reshape(-1, hp.shape[-1]),
+                   fp.head_weight(pruned), keep, labels=labels, ce_weight=ce_weight, parts=True)
 
 
 def recover_model(pruned, dense, keep: Optional[torch.Tensor], blocks: torch.Tensor, opts: RecoverOptions,

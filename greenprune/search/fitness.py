@@ -41,7 +41,7 @@ class MaskedFitness:
                 p.requires_grad_(False)
         self.replay = LayerReplay(work, blocks, batch_size=1)  # per block: the cache below is per block
         self.n_layers = len(self.replay.layers)
-        self.dense_head = self.replay.family.lm_head(work).weight
+        self.dense_head = self.replay.family.head_weight(work)
         self.ffn_scores, self.kv_scores = ffn_scores, kv_scores
         self.keep = None if vocab_keep is None else torch.as_tensor(list(vocab_keep))
         self.head = self.dense_head if self.keep is None else self.dense_head[self.keep]

@@ -137,3 +137,33 @@ def test_pair_metrics_under_vocabulary_pruning_share_the_dense_pass_per_text(rea
     for got, ref in ((d, d_ref), (p, p_ref), (a, a_ref)):
         for k in ref:
             assert got[k] == pytest.approx(ref[k], rel=1e-5), k
+
+
+@pytest.mark.parametrize("kind", ["granite", "gemma2"])
+def test_pair_metrics_score_the_models_own_logits(real_tokenizer, kind):
+    """Granite divides its head's output by logits_scaling and Gemma 2 soft-caps it: bits/byte and KL are those
+    of the models' logits (model(x).logits), not of the bare head's, which differ by far more than the bound."""
+    from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig
+
+    from greenprune.evaluation.metrics import _windows
+
+    kw = dict(vocab_size=len(real_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+    make = {"granite": lambda: GraniteConfig(**kw, logits_scaling=4.0),
+            "gemma2": lambda: Gemma2Config(**kw, head_dim=8, final_logit_softcapping=0.5)}[kind]
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(AutoModelForCausalLM.from_config(make()).eval())
+    dense, pruned = models
+    d, p, a = pair_metrics(dense, real_tokenizer, pruned, real_tokenizer, TEXTS, None, seq_len=24, progress=False)
+    for got, m in ((d, dense), (p, pruned)):
+        assert got["bpb"] == pytest.approx(bits_per_byte(m, real_tokenizer, TEXTS, 24, progress=False)["bpb"], rel=1e-5)
+    kl, n = 0.0, 0
+    with torch.no_grad():
+        for w in _windows(real_tokenizer, TEXTS, 24):
+            logp = dense(w[None]).logits[0].float().log_softmax(-1)
+            logq = pruned(w[None]).logits[0].float().log_softmax(-1)
+            kl += (logp.exp() * (logp - logq)).sum().item()
+            n += len(w)
+    assert a["kl"] == pytest.approx(kl / n, rel=1e-4)

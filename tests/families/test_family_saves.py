@@ -127,6 +127,21 @@ def test_a_plan_that_removes_nothing_reproduces_the_dense_logits(kind):
         assert torch.equal(m(x).logits, p(x).logits)
 
 
+def test_family_logits_from_hidden_states_are_the_models_own(saved):
+    """What the evaluation and the KL computations take from final hidden states: the model's logits, Granite's
+    scaling and Gemma's soft-capping included (the bare LM head would be a silent wrong distribution), for the
+    dense model and its per-layer save."""
+    kind, m, pruned, d, x, dense = saved
+    for model, want in ((m, dense), (pruned, None)):
+        fam = family_for(model)
+        with torch.no_grad():
+            h = fam.backbone(model)(x, use_cache=False).last_hidden_state
+            want = model(x).logits if want is None else want
+            torch.testing.assert_close(fam.logits(model, h), want.float(), rtol=1e-6, atol=1e-6)
+            if kind in ("granite", "gemma2", "gemma3_text"):  # the head alone is not the distribution here
+                assert not torch.allclose(fam.lm_head(model)(h).float(), want.float(), atol=1e-3)
+
+
 def _logits(model, x, **config_changes):
     """Logits with some config fields changed for one forward (to show that a feature is active)."""
     old = {k: getattr(model.config, k) for k in config_changes}

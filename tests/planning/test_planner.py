@@ -87,6 +87,83 @@ def test_layerwise_kl_matches_a_full_forward_of_the_changed_model(scored):
     assert kl.kl(2, ffn_keep=keep) == pytest.approx(full, rel=1e-4, abs=1e-7)
 
 
+def test_layerwise_kl_is_the_kl_of_the_models_own_logits_under_logits_scaling():
+    """Granite divides its head's output by logits_scaling: the KL tables and the whole-plan check must measure
+    the distributions the model gives, not the bare head's (4x sharper here)."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM, GraniteConfig
+
+    from greenprune.planning.plan import identity_plan
+    from greenprune.planning.planner import plan_kls
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(GraniteConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, logits_scaling=4.0, residual_multiplier=0.5, initializer_range=0.3)).eval()
+    blocks = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(1))
+    keep = list(range(0, 64, 2))
+    mask = torch.zeros(64)
+    mask[keep] = 1
+    with torch.no_grad():
+        ld = torch.log_softmax(m(blocks).logits.float(), -1)
+        h = m.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda mod, a: (a[0] * mask,))
+        lp = torch.log_softmax(m(blocks).logits.float(), -1)
+        h.remove()
+    full = (ld.exp() * (ld - lp)).sum(-1).mean().item()
+    assert full > 1e-3  # a change the test can see
+    assert LayerwiseKL(m, blocks).kl(1, ffn_keep=keep) == pytest.approx(full, rel=1e-4)
+    plan = identity_plan(shape_of(m))
+    narrowed = replace(plan, layers=tuple(replace(lp_, ffn_width=len(keep), ffn_keep=tuple(keep)) if lp_.index == 1
+                                          else lp_ for lp_ in plan.layers))
+    assert plan_kls(m, blocks, [narrowed], None)[0] == pytest.approx(full, rel=1e-4)
+
+
+def test_bfloat16_replay_measures_the_same_kl_within_its_rounding():
+    """The KL tables' bf16 replay (kl_dtype): no change is 0, a real change is the fp32 value within bf16's
+    rounding, the model itself stays fp32 and untouched, and the tables say which precision measured them."""
+    torch.manual_seed(0)
+    m = tiny_model(layers=4, hidden=64, ffn=128, heads=4, kv_heads=2, initializer_range=0.1)
+    blocks = torch.randint(0, 97, (4, 16))
+    scores = score_model(m, blocks, "wanda", progress=False)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    exact, low = LayerwiseKL(m, blocks), LayerwiseKL(m, blocks, dtype=torch.bfloat16)
+    assert low.kl(1, ffn_keep=range(128)) == pytest.approx(0.0, abs=1e-6)
+    for i, keep in ((0, range(64)), (3, range(0, 128, 3))):
+        want = exact.kl(i, ffn_keep=keep)
+        assert want > 1e-4
+        assert low.kl(i, ffn_keep=keep) == pytest.approx(want, rel=0.1)
+    assert low.kl(2, drop=True) == pytest.approx(exact.kl(2, drop=True), rel=0.1)
+    assert next(m.parameters()).dtype == torch.float32
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    opts = PlanOptions(ratio=0.2, kl_levels=2, max_ffn_prune=0.5)
+    assert measure_kl_tables(low, scores, shape_of(m), opts, progress=False)["replay_dtype"] == "bfloat16"
+    assert measure_kl_tables(exact, scores, shape_of(m), opts, progress=False)["replay_dtype"] == "float32"
+
+
+def test_kl_dtype_choices():
+    from greenprune.planning.kl_tables import resolve_kl_dtype
+
+    m = tiny_model()
+    assert resolve_kl_dtype("float32", m) == torch.float32
+    assert resolve_kl_dtype("bfloat16", m) == torch.bfloat16
+    assert resolve_kl_dtype("auto", m) in (torch.float32, torch.bfloat16)  # measured on this CPU
+    assert resolve_kl_dtype("auto", m.to(torch.float16)) == torch.float16  # a 16-bit model replays as it is
+    with pytest.raises(GreenpruneError, match="--kl-dtype"):
+        PlanOptions(kl_dtype="float8").validate()
+
+
+def test_kl_blocks_are_spread_over_the_calibration_blocks():
+    from greenprune.jobs.prune import spread_blocks
+
+    blocks = torch.arange(64 * 4).view(64, 4)
+    picked = spread_blocks(blocks, 8)  # two blocks of 4 tokens: the first and the last, not blocks 0 and 1
+    assert picked[:, 0].tolist() == [0, 63 * 4]
+    assert spread_blocks(blocks, 3).shape == (1, 4)  # at least one block
+    assert torch.equal(spread_blocks(blocks, 10_000), blocks)  # never more than there are, each once
+    assert len(set(spread_blocks(blocks, 4 * 9)[:, 0].tolist())) == 9
+
+
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5])
 def test_ratio_outside_unit_interval(scored, ratio):
     m, _, scores = scored
