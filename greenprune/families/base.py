@@ -111,8 +111,8 @@ class Family:
 
     def transform_logits(self, model, z: torch.Tensor) -> torch.Tensor:
         """The LM head's output z turned into the model's logits (see logits())."""
-        scale = getattr(model.config, "logits_scaling", None)
-        if scale is not None and scale != 1:
+        scale = _logits_scaling(model)
+        if scale != 1:
             z = z / scale
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
@@ -123,9 +123,8 @@ class Family:
         """The LM head as the linear map to the logits that the KL kernels take (hidden states x weight): Granite's
         logits_scaling folded in. A final soft-capping (Gemma 2) is not linear and is left out, so the planner's
         and the distillation's KL there are those of the uncapped logits; the evaluation applies it (logits())."""
-        w = self.lm_head(model).weight
-        scale = getattr(model.config, "logits_scaling", None)
-        return w if scale is None or scale == 1 else w / scale
+        w, scale = self.lm_head(model).weight, _logits_scaling(model)
+        return w if scale == 1 else w / scale
 
     def ffn_out(self, layer) -> nn.Linear:
         """The projection that consumes the FFN channels: its input is the channel activations."""
@@ -221,6 +220,12 @@ class Family:
         if "sliding_attention" in kinds:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
         return masks
+
+
+def _logits_scaling(model) -> float:
+    """What the modeling code divides the head's output by (Granite's logits_scaling; 1 elsewhere)."""
+    scale = getattr(model.config, "logits_scaling", None)
+    return 1.0 if scale is None else scale
 
 
 def _import(path: str):
