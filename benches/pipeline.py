@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import math
+import resource
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from greenprune.allocator import keep_freed_memory
 from greenprune.evaluation.metrics import cpu_tokens_per_second
 from greenprune.families import shape_of
 from greenprune.jobs.options import JobOptions, Timer
@@ -96,6 +98,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--label", default="", help="a name for this version, kept in the JSON")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benches/results/pipeline-DATE.json)")
     a = ap.parse_args(argv)
+    allocator = "keep-freed" if keep_freed_memory() else "default"  # as the command line does (allocator.py)
 
     keep = tempfile.TemporaryDirectory()
     model = a.model if a.layers is None else str(truncated(a.model, a.layers, Path(keep.name) / "model"))
@@ -129,6 +132,7 @@ def main(argv=None) -> dict:
     quality = {k: v.get("bpb_ratio") for k, v in ev.get("pruned", {}).items() if isinstance(v, dict) and "bpb_ratio" in v}
     result = {
         "benchmark": "pipeline", "label": a.label, "scale": a.scale, "layers": a.layers, "model": a.model,
+        "allocator": allocator, "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "kl_depth": opts.plan.kl_depth, "kl_dtype": report.get("importance", {}).get("kl_tables", {}).get("replay_dtype"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(), "cpu": cpu_name(), "loadavg": list(Path("/proc/loadavg").read_text().split()[:3])},

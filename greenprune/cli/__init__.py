@@ -14,6 +14,7 @@ from huggingface_hub.utils import disable_progress_bars
 from transformers.utils import logging as hf_logging
 
 from .._version import __version__
+from ..allocator import keep_freed_memory
 from ..errors import GreenpruneError
 from ..modelio.load import DEFAULT_MODEL, PACKAGED_MODELS, packaged_cache_path
 from ..modelio.reports import read_report
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     a.command_line = shlex.join(["greenprune", *argv])  # recorded in results (bench.json)
     if getattr(a, "no_progress", False):
         silence_progress()
+    keep_freed_memory()  # large temporaries from reused memory (allocator.py)
     try:
         with terminate_as_interrupt():
             check_out(a)

@@ -141,6 +141,33 @@ def test_bfloat16_replay_measures_the_same_kl_within_its_rounding():
     assert measure_kl_tables(exact, scores, shape_of(m), opts, progress=False)["replay_dtype"] == "float32"
 
 
+def test_bfloat16_replay_takes_its_logits_as_the_dense_ones_plus_the_head_on_the_change():
+    """The 16-bit replay's head product on the change (LayerwiseKL.delta) gives the fp32 head product's KL within
+    a bf16 rounding of the change, not of the logits (tolerance 2%, against the 10% of the replay itself), keeps
+    "no change" at 0 (within the fp64 identity's 1e-6), and is off past DELTA_LOGITS_BYTES (then the fp32 product is used)."""
+    from greenprune.planning import kl_tables
+    torch.manual_seed(0)
+    m = tiny_model(layers=4, hidden=64, ffn=128, heads=4, kv_heads=2, initializer_range=0.1)
+    blocks = torch.randint(0, 97, (4, 16))
+    low = LayerwiseKL(m, blocks, dtype=torch.bfloat16)
+    assert low.delta and len(low.dense_logits) == len(low.replay)
+    assert low.kl(2, ffn_keep=range(128)) == pytest.approx(0.0, abs=1e-6)
+    for i, change in ((0, dict(ffn_keep=range(64))), (3, dict(ffn_keep=range(0, 128, 3))), (1, dict(drop=True))):
+        low.delta = True
+        via_change = low.kl(i, **change)
+        low.delta = False
+        via_fp32 = low.kl(i, **change)
+        assert via_fp32 > 1e-4
+        assert via_change == pytest.approx(via_fp32, rel=0.02)
+    assert not LayerwiseKL(m, blocks).delta  # an fp32 replay has no rounding to avoid
+    old = kl_tables.DELTA_LOGITS_BYTES
+    try:
+        kl_tables.DELTA_LOGITS_BYTES = 4 * 64 * 97 - 1  # one byte short of this replay's dense logits
+        assert not LayerwiseKL(m, blocks, dtype=torch.bfloat16).delta
+    finally:
+        kl_tables.DELTA_LOGITS_BYTES = old
+
+
 def test_kl_dtype_choices():
     from greenprune.planning.kl_tables import resolve_kl_dtype
 
