@@ -54,7 +54,7 @@ class LayerwiseKL:
         n_tokens = sum(self.replay.dense_final(b).shape[:2].numel() for b in range(len(self.replay)))
         self.delta = self.dtype != torch.float32 and 4 * n_tokens * self.head.shape[0] <= DELTA_LOGITS_BYTES
         self.head_lowp = self.head.to(self.dtype) if self.delta else None
-        self.neg_entropy, self.mean_row, self.dense_logits = [], [], []
+        self.neg_entropy, self.mean_row, self.dense_logits, self.dense_hidden = [], [], [], []
         with torch.no_grad():
             for b in range(len(self.replay)):
                 negh, rows, logits = [], [], []
@@ -71,6 +71,7 @@ class LayerwiseKL:
                 self.mean_row.append(torch.cat(rows))
                 if self.delta:
                     self.dense_logits.append(torch.cat(logits))
+                    self.dense_hidden.append(self.replay.dense_final(b).flatten(0, 1).float())
 
     @torch.no_grad()
     def kl(self, index: int, ffn_keep=None, kv_keep=None, drop: bool = False) -> float:
@@ -80,7 +81,7 @@ class LayerwiseKL:
             for b in range(len(self.replay)):
                 h = self.replay.final(b, first, skip, self.depth).flatten(0, 1).float()
                 if self.delta:
-                    change = (h - self.replay.dense_final(b).flatten(0, 1).float()).to(self.dtype)
+                    change = (h - self.dense_hidden[b]).to(self.dtype)
                     lse = torch.logsumexp(self.dense_logits[b] + (change @ self.head_lowp.T).float(), -1)
                 else:
                     lse = torch.logsumexp(h @ self.head.T, -1)
