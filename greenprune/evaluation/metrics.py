@@ -72,23 +72,22 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
     """bits_per_byte of both models and agreement(), from one forward pass of each model per window:
     (dense bpb, pruned bpb, agreement), the same numbers as the three functions give with four passes.
 
-    The dense model's bits per byte need its own tokenization; for each text where that equals the pruned
-    tokenization mapped back to dense ids (no vocabulary pruning, or no dropped token in the text) its pass is
-    shared with the KL; the other texts take one more dense pass, unless `dense_bpb` (a cached result) is given."""
+    The dense model's bits per byte need its own tokenization; each window where that equals the pruned window
+    mapped back to dense ids (no vocabulary pruning, or no dropped token up to the window's end) shares its pass
+    with the KL; the other windows take one more dense pass, unless `dense_bpb` (a cached result) is given."""
     keep = None if vocab_keep is None else torch.as_tensor(vocab_keep)
     fd, fp = family_for(dense), family_for(pruned)
-    # per text: its pruned windows, and whether the dense tokenization is the same text mapped back (then the
-    # pass that gives the KL gives the dense log-likelihood too); texts are tokenized whole, so one dropped token
-    # anywhere in a text shifts all its windows and only that text needs a dense pass of its own
+    # per window: whether the dense tokenization's window is the pruned one mapped back (then the pass that gives
+    # the KL gives the dense log-likelihood too). Texts are tokenized whole, so the windows before a text's first
+    # dropped token are shared and the ones from it on (shifted by the longer pruned tokenization) are not; a text
+    # was all-or-nothing before, and on `rich` nearly every file meets a dropped token somewhere
     todo, own = [], []  # (pruned window, its dense pass gives the dense likelihood); dense-only windows
     for t in texts:
         wp = _windows(pruned_tokenizer, [t], seq_len)
-        wd = _windows(dense_tokenizer, [t], seq_len) if dense_bpb is None else None
-        shared = wd is not None and len(wd) == len(wp) and all(
-            torch.equal(a, b if keep is None else keep[b]) for a, b in zip(wd, wp))
-        todo += [(w, shared) for w in wp]
-        if wd is not None and not shared:
-            own += wd
+        wd = _windows(dense_tokenizer, [t], seq_len) if dense_bpb is None else []
+        shared = [i < len(wd) and torch.equal(wd[i], wp[i] if keep is None else keep[wp[i]]) for i in range(len(wp))]
+        todo += list(zip(wp, shared))
+        own += [w for i, w in enumerate(wd) if not (i < len(shared) and shared[i])]
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     nll_d = nll_p = kl = dropped = agree = 0.0
     n = tokens = tokens_d = 0

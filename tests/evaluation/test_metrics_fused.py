@@ -108,17 +108,23 @@ def test_next_line_match_is_the_same_batched_and_one_by_one(default_dir):
     assert sum(line is not None for line in batched) >= len(samples) // 2  # most completions started a line
 
 
-def test_pair_metrics_under_vocabulary_pruning_share_the_dense_pass_per_text(real_tokenizer):
+def test_pair_metrics_under_vocabulary_pruning_share_the_dense_pass_per_window(real_tokenizer):
     """A text that tokenizes the same under the pruned vocabulary takes no dense pass of its own; one that meets a
-    dropped token does. The numbers are the separate functions' either way."""
+    dropped token late takes one only for its windows from that token on. The numbers are the separate
+    functions' either way."""
     from greenprune.pruning.vocab import close_vocabulary, prune_tokenizer
 
-    inside, outside = TEXTS[0], "import os\nprint(os.getcwd())  # zebra quokka\n"
+    inside = TEXTS[0]
+    outside = inside + "import os\nprint(os.getcwd())  # zebra quokka\n"  # its dropped tokens come after `inside`
     kept = close_vocabulary(real_tokenizer, set(real_tokenizer(inside, add_special_tokens=False)["input_ids"])
                             | {real_tokenizer.bos_token_id or real_tokenizer.eos_token_id})
     ptok = prune_tokenizer(real_tokenizer, kept)
-    assert ptok(outside, add_special_tokens=False)["input_ids"] != real_tokenizer(outside, add_special_tokens=False)[
-        "input_ids"]  # the second text does meet dropped tokens (else the test shows nothing)
+    dense_ids = real_tokenizer(outside, add_special_tokens=False)["input_ids"]
+    mapped = [kept[i] for i in ptok(outside, add_special_tokens=False)["input_ids"]]
+    assert mapped != dense_ids  # the second text does meet dropped tokens (else the test shows nothing)
+    first_diff = next(i for i, (x, y) in enumerate(zip(dense_ids + [-1], mapped + [-2])) if x != y)
+    leading = first_diff // 23  # windows of 23 tokens wholly before it: shared
+    assert leading >= 1  # else the test shows nothing a per-text rule would not
     kw = dict(layers=2, hidden=32, ffn=48, heads=4, kv_heads=2)
     dense, pruned = tiny_model(seed=0, vocab_size=len(real_tokenizer), **kw), tiny_model(seed=1, vocab_size=len(kept), **kw)
     calls = []
@@ -127,9 +133,8 @@ def test_pair_metrics_under_vocabulary_pruning_share_the_dense_pass_per_text(rea
         d, p, a = pair_metrics(dense, real_tokenizer, pruned, ptok, [inside, outside], kept, seq_len=24, progress=False)
     finally:
         hook.remove()
-    n_windows = {t: -(-len(tok(t, add_special_tokens=False)["input_ids"]) // 23) for t, tok in
-                 ((inside, ptok), (outside, ptok))}
-    n_dense_own = -(-len(real_tokenizer(outside, add_special_tokens=False)["input_ids"]) // 23)
+    n_windows = {t: -(-len(ptok(t, add_special_tokens=False)["input_ids"]) // 23) for t in (inside, outside)}
+    n_dense_own = -(-len(dense_ids) // 23) - leading
     assert len(calls) == n_windows[inside] + n_windows[outside] + n_dense_own
     d_ref = bits_per_byte(dense, real_tokenizer, [inside, outside], 24, progress=False)
     p_ref = bits_per_byte(pruned, ptok, [inside, outside], 24, progress=False)
