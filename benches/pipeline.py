@@ -94,6 +94,7 @@ def main(argv=None) -> dict:
                     help="prune a copy of the model cut to its first N decoder layers (faster iteration)")
     ap.add_argument("--kl-depth", type=int, default=None, help="PlanOptions.kl_depth (default: the job's, exact)")
     ap.add_argument("--kl-dtype", default=None, help="PlanOptions.kl_dtype (default: the job's)")
+    ap.add_argument("--stats-dtype", default=None, help="JobOptions.stats_dtype (default: the job's)")
     ap.add_argument("--eval-tokens", type=int, default=None, help="JobOptions.eval_tokens (default: the job's)")
     ap.add_argument("--label", default="", help="a name for this version, kept in the JSON")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benches/results/pipeline-DATE.json)")
@@ -107,6 +108,8 @@ def main(argv=None) -> dict:
         opts = replace(opts, plan=replace(opts.plan, kl_depth=a.kl_depth))
     if a.kl_dtype is not None:
         opts = replace(opts, plan=replace(opts.plan, kl_dtype=a.kl_dtype))
+    if a.stats_dtype is not None:
+        opts = replace(opts, stats_dtype=a.stats_dtype)
     if a.eval_tokens is not None:
         opts = replace(opts, eval_tokens=a.eval_tokens)
     dense, _ = load_model(opts.model)
@@ -134,6 +137,7 @@ def main(argv=None) -> dict:
         "benchmark": "pipeline", "label": a.label, "scale": a.scale, "layers": a.layers, "model": a.model,
         "allocator": allocator, "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "kl_depth": opts.plan.kl_depth, "kl_dtype": report.get("importance", {}).get("kl_tables", {}).get("replay_dtype"),
+        "stats_dtype": report.get("importance", {}).get("stats_dtype"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(), "cpu": cpu_name(), "loadavg": list(Path("/proc/loadavg").read_text().split()[:3])},
         "command": " ".join(sys.argv),

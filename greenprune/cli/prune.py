@@ -6,6 +6,7 @@ from ..evaluation.tasks import TaskOptions, parse_tasks
 from ..jobs.options import JobOptions
 from ..jobs.prune import run_prune
 from ..planning.options import METHODS, PlanOptions
+from ..precision import DTYPES
 from ..scoring.scorers import SCORERS
 from .args import option, switch, tri_state
 from .common import J, job_args, job_common, task_args
@@ -32,11 +33,14 @@ def add_parser(sub) -> None:
     switch(p, "--no-layer-drop", "never remove whole layers")
     switch(p, "--kv", "also consider removing KV groups (a key/value head with its query heads); off by default: "
            "on SmolLM2 at 22%% the plan with KV groups generalised worse out of corpus (rich 1.163x vs 1.119x bits/byte)")
+    option(p, "--stats-dtype", J.stats_dtype, "precision of the activation-statistics pass (auto: bfloat16 where its "
+           "matrix products are measured faster here, else float32; statistics accumulate in fp32)",
+           choices=list(DTYPES))
     option(p, "--kl-tokens", J.kl_tokens, "calibration tokens for the KL tables", type=int)
     option(p, "--kl-depth", P.kl_depth, "KL tables: layers re-run above each change (0: all, exact; N: a proxy whose "
            "cost grows linearly with depth)", type=int)
     option(p, "--kl-dtype", P.kl_dtype, "precision of the KL tables' layer replays (auto: bfloat16 where its matrix "
-           "products are measured faster here, else float32)", choices=["auto", "float32", "bfloat16"])
+           "products are measured faster here, else float32)", choices=list(DTYPES))
     option(p, "--drop-check-tokens", J.drop_check_tokens,
            "calibration tokens of the whole-plan KL that decides whether removing layers pays", type=int)
     tri_state(p, "reconstruct", "reconstruct", "training-free least-squares refit of the projections that consume "
@@ -61,7 +65,7 @@ def prune_options(a) -> JobOptions:
                        kl_dtype=a.kl_dtype)
     recover = recover_options(a, "recover_", progress=not a.no_progress, seq_len=a.seq_len) if a.recover else None
     return JobOptions(plan=plan, scorer=a.scorer, vocab=a.vocab, vocab_extra=a.vocab_extra, kl_tokens=a.kl_tokens,
-                      drop_check_tokens=a.drop_check_tokens, plan_file=a.plan, reconstruct=a.reconstruct,
+                      stats_dtype=a.stats_dtype, drop_check_tokens=a.drop_check_tokens, plan_file=a.plan, reconstruct=a.reconstruct,
                       bias_compensation=a.bias_compensation, recover=recover, out=a.out, overwrite=a.overwrite,
                       evaluate=not a.no_eval, eval_tasks=eval_task_options(a), **job_common(a))
 

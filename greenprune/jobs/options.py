@@ -27,6 +27,9 @@ class JobOptions:
     # FFN only, bits/byte x dense stdlib / rich): 4096 tokens 1.085 / 1.084, 16384 tokens 1.073 / 1.081; the
     # vocabulary from the 16384-token mass costs 1.037x on rich, from 4096 tokens 1.048x
     calib_tokens: int = 16384
+    # precision of the activation-statistics pass ("auto": as for the KL tables, greenprune.precision.resolve_dtype);
+    # the statistics are accumulated in fp32 and the scores use the model's own weights
+    stats_dtype: str = "auto"
     kl_tokens: int = 512  # KL tables of the unified planner
     drop_check_tokens: int = 2048  # whole-plan KL that decides whether removing layers pays (check_layer_drops)
     seq_len: int = 256

@@ -22,7 +22,8 @@ from ..families import family_for, shape_of
 from ..modelio.load import load_model, num_params
 from ..modelio.reports import REPORT_NAME, hub_revision, source_spec
 from ..modelio.save import dir_size, save_model_dir, write_json_atomic
-from ..planning.kl_tables import LayerwiseKL, measure_kl_tables, resolve_kl_dtype
+from ..precision import DTYPES, resolve_dtype
+from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
 from ..planning.plan import PruningPlan, resolve_plan
 from ..planning.planner import check_layer_drops, make_plan
 from ..planning.plots import plot_plan
@@ -48,6 +49,8 @@ def check_inputs(opts: JobOptions) -> Optional[PruningPlan]:
         opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
     if opts.recover is not None:
         opts.recover.validate()
+    if opts.stats_dtype not in DTYPES:
+        raise GreenpruneError(f"--stats-dtype must be one of {', '.join(DTYPES)}, got {opts.stats_dtype!r}")
     for spec in (opts.data, *(opts.eval_data if opts.evaluate else ())):
         corpus.check_spec(spec)
     plan = PruningPlan.load(Path(opts.plan_file)) if opts.plan_file else None
@@ -79,9 +82,11 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
             check_tokenizer_fits(tokenizer, shape.vocab_size)
     with timer("tokenize_calibration"):
         blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
+    stats_dtype = resolve_dtype(opts.stats_dtype, model)
     with timer("importance"):
-        scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=bool(opts.reconstruct))
-    extra = {"block_influence": scores.block_influence, "scores": scores,
+        scores = score_model(model, blocks, opts.scorer, progress=opts.progress, gram=bool(opts.reconstruct),
+                             dtype=stats_dtype)
+    extra = {"block_influence": scores.block_influence, "scores": scores, "stats_dtype": str(stats_dtype).removeprefix("torch."),
              "calibration_tokens": {"requested": opts.calib_tokens, "used": int(blocks.numel())}}
     if opts.plan_file:
         return resolve_plan(plan_file, scores.ffn, scores.kv), extra
@@ -94,7 +99,7 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
     if opts.plan.method == "unified":
         with timer("kl_tables"):
             kl = LayerwiseKL(model, spread_blocks(blocks, opts.kl_tokens), vocab_keep, depth=opts.plan.kl_depth,
-                             dtype=resolve_kl_dtype(opts.plan.kl_dtype, model))
+                             dtype=resolve_dtype(opts.plan.kl_dtype, model))
             tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
         extra["kl_tables"] = tables
     reserve = bias_reserve(shape, opts.plan.kv) if opts.could_use_bias_compensation() else 0

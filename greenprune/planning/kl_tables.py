@@ -5,9 +5,6 @@ Each change re-runs only the layers from the changed one up, from cached dense a
 """
 from __future__ import annotations
 
-import copy
-import functools
-import time
 from typing import Optional
 
 import numpy as np
@@ -15,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..families import ModelShape
+from ..precision import working_copy
 from ..scoring.scorers import Scores
 from .options import PlanOptions
 from .plan import keep_top
@@ -34,7 +32,7 @@ class LayerwiseKL:
         self.depth = depth  # 0: exact (every layer above the change re-run); else the bounded proxy (replay.final)
         # dtype: the layers are replayed in a copy of this precision (None: the model's own); the head stays the
         # model's, in fp32, and the dense side of the KL is the replay's own dense pass, so "no change" is 0
-        work = model if dtype in (None, next(model.parameters()).dtype) else copy.deepcopy(model).to(dtype)
+        work = working_copy(model, dtype)
         self.dtype = next(work.parameters()).dtype
         self.replay = LayerReplay(work, blocks, batch_size)
         head = self.replay.family.head_weight(model)
@@ -89,38 +87,6 @@ class LayerwiseKL:
                 total += (self.neg_entropy[b] - cross + lse.double()).sum().item()
                 count += h.shape[0]
         return max(total / max(count, 1), 0.0)  # >= 0 in exact arithmetic; rounding can leave -1e-9
-
-
-def resolve_kl_dtype(choice: str, model) -> torch.dtype:
-    """PlanOptions.kl_dtype -> the replay precision. auto: a 16-bit model's own; bfloat16 on a GPU that has it, and
-    on a CPU where a layer-sized bf16 product is measured at least 1.3x faster than fp32 (2 AMD EPYC Zen 4 cores:
-    2.4x; CPUs without native bf16 emulate it, slower than fp32)."""
-    if choice != "auto":
-        return getattr(torch, choice)
-    p = next(model.parameters())
-    if p.dtype in (torch.bfloat16, torch.float16):
-        return p.dtype
-    if p.is_cuda:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if _cpu_bf16_speedup() >= 1.3 else torch.float32
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 time of a [512, 576] x [576, 1536] product on this CPU, best of 5 (~0.1 s)."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(512, 576, generator=g), torch.randn(576, 1536, generator=g)
-
-    def best(x, y):
-        x @ y
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            x @ y
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    return best(a, b) / best(a.bfloat16(), b.bfloat16())
 
 
 def measure_kl_tables(kl: LayerwiseKL, scores: Scores, shape: ModelShape, opts: PlanOptions, progress=True):

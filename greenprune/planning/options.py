@@ -10,10 +10,10 @@ from typing import Optional
 
 from ..errors import GreenpruneError
 from ..families import ModelShape
+from ..precision import DTYPES
 from .widths import ffn_widths
 
 METHODS = ("unified", "uniform", "layers")
-KL_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class PlanOptions:
         if shape is not None and self.align > shape.intermediate_size and self.method != "layers":
             raise GreenpruneError(f"--align {self.align} is larger than the FFN width {shape.intermediate_size}: no "
                                   f"FFN channel could be removed; use an --align of at most {shape.intermediate_size}")
-        if self.kl_dtype not in KL_DTYPES:
-            raise GreenpruneError(f"--kl-dtype must be one of {', '.join(KL_DTYPES)}, got {self.kl_dtype!r}")
+        if self.kl_dtype not in DTYPES:
+            raise GreenpruneError(f"--kl-dtype must be one of {', '.join(DTYPES)}, got {self.kl_dtype!r}")
         if not isinstance(self.kl_depth, int) or self.kl_depth < 0:
             raise GreenpruneError(f"--kl-depth must be 0 (exact) or a positive number of layers, got {self.kl_depth}")
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import GreenpruneError
+from ..precision import working_copy
 from ..families import FAMILIES, Family, ModelShape, family_for
 from ..kernels import group_sum, wanda_scores
 from .stats import LayerStats, collect_activation_stats, collect_gradient_stats
@@ -189,12 +190,21 @@ class Scores:
     token_mass: Optional[torch.Tensor] = field(repr=False, default=None)  # dense output mass per token id [V]
 
 
-def score_model(model, blocks: torch.Tensor, scorer: Importance | str, progress: bool = True, gram: bool = False) -> Scores:
-    """Scores of every layer; gram=True also keeps the second-moment matrices (for reconstruction)."""
+def score_model(model, blocks: torch.Tensor, scorer: Importance | str, progress: bool = True, gram: bool = False,
+                dtype: Optional[torch.dtype] = None) -> Scores:
+    """Scores of every layer; gram=True also keeps the second-moment matrices (for reconstruction).
+
+    dtype: the activation statistics' forward pass runs in a copy of this precision (None: the model's own); the
+    statistics, Gram matrices and token mass are accumulated in fp32/fp64 and the scores use the model's own
+    weights. Gradient scorers (taylor, fisher) run on the model itself. On SmolLM2-135M, 4096 calibration tokens,
+    bf16 against fp32: FFN score rank correlation >= 0.994 per layer, 99.2% of each layer's top 75% channels the
+    same, Gram matrices within 2.2% (Frobenius), 2.3x less time on 2 EPYC Zen 4 cores (benches/PIPELINE.md)."""
     fam = family_for(model)
     shape = fam.shape(model.config)
     scorer = get_scorer(resolve_scorer_name(scorer, shape), fam) if isinstance(scorer, str) else scorer
-    stats, mass = collect_activation_stats(model, blocks, progress=progress, gram=gram or scorer.needs == "gram")
+    work = model if scorer.needs in ("taylor", "fisher") else working_copy(model, dtype)
+    stats, mass = collect_activation_stats(work, blocks, progress=progress, gram=gram or scorer.needs == "gram")
+    del work
     if scorer.needs in ("taylor", "fisher"):
         collect_gradient_stats(model, blocks, stats, scorer.needs, progress=progress)
     with torch.no_grad():

@@ -127,15 +127,17 @@ def test_pair_metrics_under_vocabulary_pruning_share_the_dense_pass_per_window(r
     assert leading >= 1  # else the test shows nothing a per-text rule would not
     kw = dict(layers=2, hidden=32, ffn=48, heads=4, kv_heads=2)
     dense, pruned = tiny_model(seed=0, vocab_size=len(real_tokenizer), **kw), tiny_model(seed=1, vocab_size=len(kept), **kw)
-    calls = []
-    hook = dense.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    rows = []  # windows per dense layer call (equal-length windows run batched)
+    hook = dense.model.layers[0].register_forward_hook(
+        lambda m, a, o: rows.append((o[0] if isinstance(o, tuple) else o).shape[0]))
     try:
         d, p, a = pair_metrics(dense, real_tokenizer, pruned, ptok, [inside, outside], kept, seq_len=24, progress=False)
     finally:
         hook.remove()
     n_windows = {t: -(-len(ptok(t, add_special_tokens=False)["input_ids"]) // 23) for t in (inside, outside)}
     n_dense_own = -(-len(dense_ids) // 23) - leading
-    assert len(calls) == n_windows[inside] + n_windows[outside] + n_dense_own
+    assert sum(rows) == n_windows[inside] + n_windows[outside] + n_dense_own
+    assert max(rows) > 1  # windows ran batched; agreement() below runs them one at a time
     d_ref = bits_per_byte(dense, real_tokenizer, [inside, outside], 24, progress=False)
     p_ref = bits_per_byte(pruned, ptok, [inside, outside], 24, progress=False)
     a_ref = agreement(dense, pruned, ptok, [inside, outside], kept, 24, progress=False)
@@ -172,3 +174,12 @@ def test_pair_metrics_score_the_models_own_logits(real_tokenizer, kind):
             kl += (logp.exp() * (logp - logq)).sum().item()
             n += len(w)
     assert a["kl"] == pytest.approx(kl / n, rel=1e-4)
+
+
+def test_equal_length_batches_group_in_order_within_the_logits_budget(monkeypatch):
+    from greenprune.evaluation import metrics
+
+    monkeypatch.setattr(metrics, "EVAL_BATCH_LOGITS_BYTES", 4 * 10 * 8 * 3)  # three windows of 8 at vocabulary 10
+    w = [torch.zeros(n, dtype=torch.long) for n in (8, 8, 8, 8, 5, 8, 8)]
+    assert metrics.equal_length_batches(w, 10) == [[0, 1, 2], [3], [4], [5, 6]]
+    assert metrics.equal_length_batches(w, 10**6) == [[i] for i in range(7)]  # over budget alone: one at a time

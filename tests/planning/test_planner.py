@@ -169,13 +169,13 @@ def test_bfloat16_replay_takes_its_logits_as_the_dense_ones_plus_the_head_on_the
 
 
 def test_kl_dtype_choices():
-    from greenprune.planning.kl_tables import resolve_kl_dtype
+    from greenprune.precision import resolve_dtype
 
     m = tiny_model()
-    assert resolve_kl_dtype("float32", m) == torch.float32
-    assert resolve_kl_dtype("bfloat16", m) == torch.bfloat16
-    assert resolve_kl_dtype("auto", m) in (torch.float32, torch.bfloat16)  # measured on this CPU
-    assert resolve_kl_dtype("auto", m.to(torch.float16)) == torch.float16  # a 16-bit model replays as it is
+    assert resolve_dtype("float32", m) == torch.float32
+    assert resolve_dtype("bfloat16", m) == torch.bfloat16
+    assert resolve_dtype("auto", m) in (torch.float32, torch.bfloat16)  # measured on this CPU
+    assert resolve_dtype("auto", m.to(torch.float16)) == torch.float16  # a 16-bit model replays as it is
     with pytest.raises(GreenpruneError, match="--kl-dtype"):
         PlanOptions(kl_dtype="float8").validate()
 

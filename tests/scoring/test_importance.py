@@ -118,3 +118,31 @@ def test_taylor_scores_are_weight_times_gradient_sums(model_and_blocks):
         torch.testing.assert_close(got.ffn[i], ffn.detach(), rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(got.kv[i], kv.detach(), rtol=1e-4, atol=1e-7)
         assert got.ffn[i].shape == (24,) and got.kv[i].shape == (2,)
+
+
+def test_bf16_statistics_pass_scores_the_fp32_weights_and_leaves_the_model_as_it_was(model_and_blocks):
+    """score_model(dtype=bfloat16) runs the statistics pass on a bf16 copy: the model stays fp32 and unchanged, the
+    statistics stay fp32/fp64 and within bf16 rounding of the fp32 pass, and a gradient scorer ignores the dtype."""
+    m, blocks = model_and_blocks
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ref = score_model(m, blocks, "output-error", progress=False, gram=True)
+    low = score_model(m, blocks, "output-error", progress=False, gram=True, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    for a, b in zip(ref.stats, low.stats):
+        assert b.ffn_gram.dtype == torch.float32
+        assert not torch.equal(a.ffn_gram, b.ffn_gram)  # the pass did run in bf16
+        assert (a.ffn_gram - b.ffn_gram).norm() <= 0.05 * a.ffn_gram.norm()
+    assert low.token_mass.dtype == torch.float64
+    assert (low.token_mass - ref.token_mass).abs().sum() <= 0.02 * ref.token_mass.sum()
+    taylor = score_model(m, blocks, "taylor", progress=False)
+    taylor_low = score_model(m, blocks, "taylor", progress=False, dtype=torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(taylor.ffn, taylor_low.ffn))
+
+
+def test_a_bad_stats_dtype_is_refused_before_the_model_loads(tmp_path):
+    from greenprune.jobs.options import JobOptions
+    from greenprune.jobs.prune import run_prune
+
+    with pytest.raises(GreenpruneError, match="--stats-dtype"):
+        run_prune(JobOptions(model=str(tmp_path / "missing"), stats_dtype="float8", out=str(tmp_path / "out")))
