@@ -13,7 +13,7 @@ DTYPES = ("auto", "float32", "bfloat16")
 
 
 def resolve_dtype(choice: str, model) -> torch.dtype:
-    """"auto" / "float32" / "bfloat16" -> a dtype. auto: a 16-bit model's own; bfloat16 on a GPU that has it, and on
+    """auto / float32 / bfloat16 -> a dtype. auto: a 16-bit model's own; bfloat16 on a GPU that has it, and on
     a CPU where a layer-sized bf16 product is measured at least 1.3x faster than fp32 (2 AMD EPYC Zen 4 cores:
     2.4x; CPUs without native bf16 emulate it, slower than fp32); else float32."""
     if choice != "auto":
