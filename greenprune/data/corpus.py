@@ -301,25 +301,39 @@ def hashed_order(docs: Iterable[Document]) -> list[Document]:
     return sorted(docs, key=lambda d: stable_hash("order:" + d.name))
 
 
+def window_start_id(tokenizer) -> int:
+    """The token every calibration block and evaluation window starts with: BOS, else EOS. Models see one at
+    position 0 in use (Gemma's tokenizer config adds <bos>); statistics and scores are measured the same way."""
+    for t in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if t is not None:
+            return t
+    raise GreenpruneError("the tokenizer has neither a BOS nor an EOS token to start windows with")
+
+
 def token_blocks(tokenizer, docs: list[Document], seq_len: int, max_tokens: int) -> torch.Tensor:
-    """[N, seq_len] blocks of token ids: documents (hashed order) joined by EOS, cut to a token budget."""
+    """[N, seq_len] blocks of token ids, each a start token (window_start_id) then seq_len - 1 tokens of the
+    documents (hashed order) joined by EOS, cut to a token budget of N * seq_len <= max_tokens."""
     if max_tokens < seq_len:
         seq_len = max(2, max_tokens)
+    start = window_start_id(tokenizer)
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
     ids: list[int] = []
+    text_len = seq_len - 1
+    want = (max_tokens // seq_len) * text_len
     for d in hashed_order(docs):
         ids.extend(tokenizer(d.text, add_special_tokens=False)["input_ids"])
         if sep is not None:
             ids.append(sep)
-        if len(ids) >= max_tokens:
+        if len(ids) >= want:
             break
-    n = min(len(ids), max_tokens) // seq_len
+    n = min(len(ids) // text_len, max_tokens // seq_len)
     if n == 0:
         raise GreenpruneError(f"calibration data has too few tokens ({len(ids)}) for one block of {seq_len}")
-    if n * seq_len < max_tokens:
+    if n < max_tokens // seq_len:
         log.warning("the calibration data has %d tokens in %d-token blocks, fewer than the %d asked for: more "
                     "data gives steadier scores", n * seq_len, seq_len, max_tokens)
-    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    body = torch.tensor(ids[: n * text_len]).view(n, text_len)
+    return torch.cat([torch.full((n, 1), start, dtype=body.dtype), body], dim=1)
 
 
 def eval_snippets(tokenizer, docs: list[Document], max_tokens: int) -> list[str]:

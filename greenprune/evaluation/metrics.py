@@ -13,20 +13,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..data.corpus import window_start_id
 from ..families import family_for
 from ..kernels.reference import kl_from_logits
 
 
-def _bos(tokenizer) -> int:
-    for t in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if t is not None:
-            return t
-    raise ValueError("tokenizer has neither a BOS nor an EOS token to start windows with")
-
-
 def _windows(tokenizer, texts: list[str], seq_len: int) -> list[torch.Tensor]:
     """Each text tokenized whole, cut into windows of seq_len - 1 tokens, each behind a BOS token."""
-    bos, out = _bos(tokenizer), []
+    bos, out = window_start_id(tokenizer), []
     for t in texts:
         ids = tokenizer(t, add_special_tokens=False)["input_ids"]
         for s in range(0, len(ids), seq_len - 1):
@@ -200,7 +194,7 @@ def greedy_continuations(model, tokenizer, prompts: list[list[int]], max_new_tok
     derives the positions from it. A decode step of SmolLM2-135M on 2 CPU cores cost the same at batch 8 and
     16 (0.108 / 0.106 s, 2026-12-03), so batching is what makes completion cheap. stop_line: a row stops once
     its next line is decided (LineDecided) while the others go on."""
-    bos = _bos(tokenizer)
+    bos = window_start_id(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts = [""] * len(prompts)
     batch_size = max(batch_size, 1)
@@ -223,7 +217,7 @@ def next_line_completions(model, tokenizer, samples: list[tuple[str, str]], max_
 
     The prompt stops before the context's last newline: BPE merges a newline with the next line's indent, so
     a prompt ending in a bare newline is a boundary the model never saw (it then wrote '#' first)."""
-    bos = _bos(tokenizer)
+    bos = window_start_id(tokenizer)
     prompts = [[bos] + tokenizer(ctx[:-1] if ctx.endswith("\n") else ctx, add_special_tokens=False)["input_ids"]
                for ctx, _ in samples]
     texts = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress,
@@ -254,6 +248,6 @@ def cpu_tokens_per_second(model, vocab_size: int, batch: int = 4, seq_len: int =
 
 
 def generate_code(model, tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
-    ids = torch.tensor([[_bos(tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_bos(tokenizer))
+    ids = torch.tensor([[window_start_id(tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=window_start_id(tokenizer))
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

@@ -72,6 +72,21 @@ def test_token_blocks_respect_budget(real_tokenizer):
     assert b.max().item() < len(real_tokenizer)
 
 
+def test_token_blocks_start_like_evaluation_windows(real_tokenizer):
+    """Each block is the start token evaluation windows use, then the next 63 tokens of the joined documents:
+    nothing skipped, nothing repeated (statistics measured at position 0 as the model is used)."""
+    calib, _ = D.calibration_and_heldout("stdlib")
+    b = D.token_blocks(real_tokenizer, calib, 64, 1000)
+    start = D.window_start_id(real_tokenizer)
+    assert start == real_tokenizer.bos_token_id and (b[:, 0] == start).all()
+    stream = []
+    for d in D.hashed_order(calib):
+        stream += real_tokenizer(d.text, add_special_tokens=False)["input_ids"] + [real_tokenizer.eos_token_id]
+        if len(stream) >= b.shape[0] * 63:
+            break
+    assert b[:, 1:].reshape(-1).tolist() == stream[: b.shape[0] * 63]
+
+
 def test_eval_snippets_are_the_same_characters_for_every_model(real_tokenizer):
     _, held = D.calibration_and_heldout("stdlib")
     s = D.eval_snippets(real_tokenizer, held, 3000)
