@@ -26,7 +26,11 @@ def add_parser(sub) -> None:
            "in 4 GiB, else flap", choices=["auto", *SCORERS])
     tri_state(p, "vocab", "vocab", "prune the vocabulary", "on for the unified method, off for the baselines")
     option(p, "--vocab-extra", J.vocab_extra,
-           "also keep the N unused tokens the dense model expects most on calibration text", type=int)
+           "also keep the N unused tokens the dense model expects most on calibration text (none: the unified "
+           "per-layer planner chooses N by its measured cost against FFN channels and layers; others keep 2048)",
+           type=int)
+    option(p, "--vocab-probe-tokens", J.vocab_probe_tokens, "held-out calibration tokens each vocabulary size is "
+           "scored on when the planner chooses it", type=int)
     switch(p, "--uniform", "the unified method (KL tables, vocabulary) restricted to one FFN width / KV count for "
            "all kept layers; --method uniform is the baseline: one width from the budget alone, no KL tables")
     option(p, "--max-ffn-prune", P.max_ffn_prune, "largest fraction of one layer's FFN removed", type=float)
@@ -64,7 +68,8 @@ def prune_options(a) -> JobOptions:
                        drop_layers=not a.no_layer_drop, uniform=a.uniform, kl_depth=a.kl_depth,
                        kl_dtype=a.kl_dtype)
     recover = recover_options(a, "recover_", progress=not a.no_progress, seq_len=a.seq_len) if a.recover else None
-    return JobOptions(plan=plan, scorer=a.scorer, vocab=a.vocab, vocab_extra=a.vocab_extra, kl_tokens=a.kl_tokens,
+    return JobOptions(plan=plan, scorer=a.scorer, vocab=a.vocab, vocab_extra=a.vocab_extra,
+                      vocab_probe_tokens=a.vocab_probe_tokens, kl_tokens=a.kl_tokens,
                       stats_dtype=a.stats_dtype, drop_check_tokens=a.drop_check_tokens, plan_file=a.plan, reconstruct=a.reconstruct,
                       bias_compensation=a.bias_compensation, recover=recover, out=a.out, overwrite=a.overwrite,
                       evaluate=not a.no_eval, eval_tasks=eval_task_options(a), **job_common(a))

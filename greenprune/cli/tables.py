@@ -16,6 +16,11 @@ def print_prune(report: dict, out) -> None:
               f"{p['dense']:,} -> {p['pruned']:,} parameters ({p['ratio']:.1%} removed); "
               f"layers dropped {s['layers_dropped']}, vocabulary {s['vocab_size']:,}"
               + (f" ({s['vocab_share_of_removed']:.0%} of what was removed)" if "vocab_share_of_removed" in s else ""))
+    vo = report.get("importance", {}).get("vocab_options") or {}
+    if vo.get("measured"):
+        con.print(f"vocabulary size chosen by measured cost among {len(vo['options']) + 1} sizes (NLL change on "
+                  f"{vo['probe_tokens']:,} tokens of {vo['probe_documents']} held-out calibration documents; plot: "
+                  "plan.png)")
     comp = report.get("compensation", {})
     done = [name for key, name in (("refit", "least-squares refit"), ("bias", "bias compensation")) if comp.get(key)]
     con.print(f"training-free compensation: {' + '.join(done) if done else 'none'}")

@@ -310,22 +310,36 @@ def window_start_id(tokenizer) -> int:
     raise GreenpruneError("the tokenizer has neither a BOS nor an EOS token to start windows with")
 
 
+def _joined_ids(tokenizer, docs: list[Document], want: int) -> tuple[list[int], list[str]]:
+    """Token ids of the documents in hashed order joined by EOS, until at least `want`; and the names read."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    ids: list[int] = []
+    names: list[str] = []
+    for d in hashed_order(docs):
+        ids.extend(tokenizer(d.text, add_special_tokens=False)["input_ids"])
+        names.append(d.name)
+        if sep is not None:
+            ids.append(sep)
+        if len(ids) >= want:
+            break
+    return ids, names
+
+
+def block_documents(tokenizer, docs: list[Document], seq_len: int, max_tokens: int) -> set[str]:
+    """Names of the documents token_blocks(tokenizer, docs, seq_len, max_tokens) reads from."""
+    if max_tokens < seq_len:
+        seq_len = max(2, max_tokens)
+    return set(_joined_ids(tokenizer, docs, (max_tokens // seq_len) * (seq_len - 1))[1])
+
+
 def token_blocks(tokenizer, docs: list[Document], seq_len: int, max_tokens: int) -> torch.Tensor:
     """[N, seq_len] blocks of token ids, each a start token (window_start_id) then seq_len - 1 tokens of the
     documents (hashed order) joined by EOS, cut to a token budget of N * seq_len <= max_tokens."""
     if max_tokens < seq_len:
         seq_len = max(2, max_tokens)
     start = window_start_id(tokenizer)
-    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    ids: list[int] = []
+    ids, _ = _joined_ids(tokenizer, docs, (max_tokens // seq_len) * (seq_len - 1))
     text_len = seq_len - 1
-    want = (max_tokens // seq_len) * text_len
-    for d in hashed_order(docs):
-        ids.extend(tokenizer(d.text, add_special_tokens=False)["input_ids"])
-        if sep is not None:
-            ids.append(sep)
-        if len(ids) >= want:
-            break
     n = min(len(ids) // text_len, max_tokens // seq_len)
     if n == 0:
         raise GreenpruneError(f"calibration data has too few tokens ({len(ids)}) for one block of {seq_len}")

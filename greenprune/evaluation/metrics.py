@@ -18,7 +18,7 @@ from ..families import family_for
 from ..kernels.reference import kl_from_logits
 
 
-def _windows(tokenizer, texts: list[str], seq_len: int) -> list[torch.Tensor]:
+def text_windows(tokenizer, texts: list[str], seq_len: int) -> list[torch.Tensor]:
     """Each text tokenized whole, cut into windows of seq_len - 1 tokens, each behind a BOS token."""
     bos, out = window_start_id(tokenizer), []
     for t in texts:
@@ -50,7 +50,7 @@ def _vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
-def _token_nll(logits: torch.Tensor, ids: torch.Tensor, lse: Optional[torch.Tensor] = None) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, ids: torch.Tensor, lse: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-window summed next-token NLL [B] of windows ids [B, L] under logits [B, L, V] (lse: their logsumexp)."""
     lse = torch.logsumexp(logits[:, :-1], -1) if lse is None else lse[:, :-1]
     return (lse - logits[:, :-1].gather(2, ids[:, 1:, None])[..., 0]).sum(1)
@@ -59,11 +59,11 @@ def _token_nll(logits: torch.Tensor, ids: torch.Tensor, lse: Optional[torch.Tens
 @torch.no_grad()
 def bits_per_byte(model, tokenizer, texts: list[str], seq_len: int = 512, progress: bool = True) -> dict:
     nll, tokens = 0.0, 0
-    windows = _windows(tokenizer, texts, seq_len)
+    windows = text_windows(tokenizer, texts, seq_len)
     for rows in tqdm(equal_length_batches(windows, _vocab_rows(model)), desc="bits per byte",
                      disable=not progress, leave=False):
         w = torch.stack([windows[i] for i in rows])
-        nll += _token_nll(model(w, use_cache=False).logits.float(), w).sum().item()
+        nll += token_nll(model(w, use_cache=False).logits.float(), w).sum().item()
         tokens += w[:, 1:].numel()
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     return {"bpb": nll / math.log(2) / n_bytes, "tokens": tokens, "bytes": n_bytes,
@@ -79,7 +79,7 @@ def agreement(dense, pruned, pruned_tokenizer, texts: list[str], vocab_keep: Opt
     fd, fp = family_for(dense), family_for(pruned)
     kl = dropped = agree = 0.0
     n = 0
-    for w in tqdm(_windows(pruned_tokenizer, texts, seq_len), desc="KL to dense", disable=not progress, leave=False):
+    for w in tqdm(text_windows(pruned_tokenizer, texts, seq_len), desc="KL to dense", disable=not progress, leave=False):
         hd = fd.backbone(dense)(w[None] if keep is None else keep[w][None], use_cache=False).last_hidden_state[0]
         hp = fp.backbone(pruned)(w[None], use_cache=False).last_hidden_state[0]
         r = kl_from_logits(fd.logits(dense, hd), fp.logits(pruned, hp), keep)[0]
@@ -107,8 +107,8 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
     # default job's `rich` that shares no more than a text-level test: its dense passes stayed 24,763 tokens)
     todo, own = [], []  # (pruned window, its dense pass gives the dense likelihood); dense-only windows
     for t in texts:
-        wp = _windows(pruned_tokenizer, [t], seq_len)
-        wd = _windows(dense_tokenizer, [t], seq_len) if dense_bpb is None else []
+        wp = text_windows(pruned_tokenizer, [t], seq_len)
+        wd = text_windows(dense_tokenizer, [t], seq_len) if dense_bpb is None else []
         shared = [i < len(wd) and torch.equal(wd[i], wp[i] if keep is None else keep[wp[i]]) for i in range(len(wp))]
         todo += list(zip(wp, shared))
         own += [w for i, w in enumerate(wd) if not (i < len(shared) and shared[i])]
@@ -126,10 +126,10 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
         # models' own: Granite's scaling and Gemma's soft-capping applied)
         ld, lp = fd.logits(dense, hd), fp.logits(pruned, hp)
         r, lse_d, lse_p = kl_from_logits(ld.flatten(0, 1), lp.flatten(0, 1), keep)
-        nll_p += _token_nll(lp, w, lse_p.view(w.shape)).sum().item()
+        nll_p += token_nll(lp, w, lse_p.view(w.shape)).sum().item()
         shared = torch.tensor([todo[i][1] for i in rows])
         if shared.any():
-            nll_d += _token_nll(ld[shared], wd[shared], lse_d.view(w.shape)[shared]).sum().item()
+            nll_d += token_nll(ld[shared], wd[shared], lse_d.view(w.shape)[shared]).sum().item()
             tokens_d += wd[shared, 1:].numel()
         tokens += w[:, 1:].numel()
         kl += r.kl.sum().item()
@@ -139,7 +139,7 @@ def pair_metrics(dense, dense_tokenizer, pruned, pruned_tokenizer, texts: list[s
     for rows in tqdm(equal_length_batches(own, _vocab_rows(dense)), desc="bits per byte (dense tokenization)",
                      disable=not progress, leave=False):
         w = torch.stack([own[i] for i in rows])
-        nll_d += _token_nll(dense(w, use_cache=False).logits.float(), w).sum().item()
+        nll_d += token_nll(dense(w, use_cache=False).logits.float(), w).sum().item()
         tokens_d += w[:, 1:].numel()
     p = {"bpb": nll_p / math.log(2) / n_bytes, "tokens": tokens, "bytes": n_bytes, "nll_per_token": nll_p / max(tokens, 1)}
     if dense_bpb is not None:

@@ -32,7 +32,7 @@ def build_moe_plan(model, tokenizer, opts, calib: list, timer,
         plan_file = PruningPlan.load_for(opts.plan_file, shape, plan_file)
     else:
         opts.plan.validate(shape)
-        check_moe_reachable(shape, opts.plan, min(shape.vocab_size, opts.vocab_extra) if opts.use_vocab else None)
+        check_moe_reachable(shape, opts.plan, None if opts.vocab_floor() is None else min(shape.vocab_size, opts.vocab_floor()))
         if opts.use_vocab:  # before the long work, as for the other families
             check_tokenizer_fits(tokenizer, shape.vocab_size)
     with timer("tokenize_calibration"):
@@ -47,7 +47,7 @@ def build_moe_plan(model, tokenizer, opts, calib: list, timer,
     if opts.use_vocab:
         with timer("vocabulary"):
             vocab_keep = vocabulary_for(tokenizer, shape, (d.text for d in calib), mass, opts.plan.ratio,
-                                        opts.vocab_min_count, opts.vocab_extra, keep_ids=model_token_ids(model))
+                                        opts.vocab_min_count, opts.fixed_vocab_extra, keep_ids=model_token_ids(model))
     with timer("plan"):
         plan, extra["moe"] = make_moe_plan(shape, stats, scores, opts.plan, vocab_keep)
     return plan, extra

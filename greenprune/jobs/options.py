@@ -12,6 +12,12 @@ from ..planning.plan import PruningPlan
 from ..recovery.options import RecoverOptions
 
 
+# unused tokens kept beyond the calibration corpus's when the vocabulary's size is not traded, and the fewest the
+# traded sizes keep (SmolLM2, stdlib, vocabulary alone: rich 1.046x -> 1.032x bits/byte with 2048 by dense output
+# mass, pruning.vocab; the default job with none: rich 1.125x, with 2048: 1.087x, benches/PIPELINE.md)
+VOCAB_EXTRA = 2048
+
+
 @dataclass(frozen=True)
 class JobOptions:
     model: Optional[str] = None  # None: the embedded default (SmolLM2-135M-Instruct)
@@ -22,7 +28,11 @@ class JobOptions:
     scorer: str = "auto"  # output-error where its Gram matrices fit, else flap (scoring.scorers.resolve_scorer_name)
     vocab: Optional[bool] = None  # None: on for the unified method, off for the baselines
     vocab_min_count: int = 1
-    vocab_extra: int = 2048  # also keep the N unused tokens the dense model expects most (pruning.vocab.choose_vocabulary)
+    # also keep the N unused tokens the dense model expects most (pruning.vocab.VocabularyRanking). None: the unified
+    # per-layer planner chooses N by measured cost against FFN channels and layers (planning/vocab_options.py); the
+    # other plans keep VOCAB_EXTRA
+    vocab_extra: Optional[int] = None
+    vocab_probe_tokens: int = 4096  # held-out calibration tokens each vocabulary option is scored on
     # activation statistics, Gram matrices, dense token mass. Measured on SmolLM2 at the 22% widths (output-error,
     # FFN only, bits/byte x dense stdlib / rich): 4096 tokens 1.085 / 1.084, 16384 tokens 1.073 / 1.081; the
     # vocabulary from the 16384-token mass costs 1.037x on rich, from 4096 tokens 1.048x
@@ -71,6 +81,24 @@ class JobOptions:
     @property
     def use_vocab(self) -> bool:
         return self.plan.method == "unified" if self.vocab is None else self.vocab
+
+    @property
+    def trades_vocab(self) -> bool:
+        """Whether the planner chooses the vocabulary's size by measured cost (vocab_options.py)."""
+        return (self.use_vocab and self.vocab_extra is None and self.plan.method == "unified"
+                and not self.plan.uniform and self.plan_file is None)
+
+    @property
+    def fixed_vocab_extra(self) -> int:
+        """The unused tokens kept when the size is not traded."""
+        return VOCAB_EXTRA if self.vocab_extra is None else self.vocab_extra
+
+    def vocab_floor(self, base_ids: int = 1) -> Optional[int]:
+        """The fewest tokens the vocabulary may keep, for the reachability check (None: the vocabulary stays);
+        base_ids: the tokens every pruned vocabulary keeps (pruning.vocab.TokenizerSpec.base_ids)."""
+        if not self.use_vocab:
+            return None
+        return max(1, base_ids) if self.trades_vocab else max(1, base_ids, self.fixed_vocab_extra)
 
 
 class Timer:

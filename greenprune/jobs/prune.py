@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -27,17 +28,18 @@ from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
 from ..planning.plan import PruningPlan, resolve_plan
 from ..planning.planner import check_layer_drops, make_plan
 from ..planning.plots import plot_plan
+from ..planning.vocab_options import measure_vocab_options
 from ..planning.widths import bias_reserve
 from ..pruning.compensation import compensate_, reconstruct_
 from ..pruning.prune import prune_model
-from ..pruning.vocab import check_tokenizer_fits, model_token_ids, prune_tokenizer, vocabulary_for
+from ..pruning.vocab import check_tokenizer_fits, model_token_ids, prune_tokenizer, tokenizer_spec, vocabulary_for
 from ..recovery.job import checkpoint_dir_for, recover_after_prune
 from ..recovery.plots import plot_loss
 from ..runinfo import machine_info
 from ..scoring.scorers import score_model
 from .evaluate import evaluate_pair, heldout_texts
 from .moe import build_moe_plan, check_moe_job
-from .options import JobOptions, Timer
+from .options import VOCAB_EXTRA, JobOptions, Timer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ def check_inputs(opts: JobOptions) -> Optional[PruningPlan]:
         opts.plan.validate()  # a bad --ratio is reported before minutes of loading and scoring
     if opts.recover is not None:
         opts.recover.validate()
+    if opts.vocab_extra is not None and opts.vocab_extra < 0:
+        raise GreenpruneError(f"--vocab-extra must be >= 0, got {opts.vocab_extra}")
+    if opts.trades_vocab and opts.vocab_probe_tokens < 1:
+        raise GreenpruneError(f"--vocab-probe-tokens must be >= 1, got {opts.vocab_probe_tokens}")
     if opts.stats_dtype not in DTYPES:
         raise GreenpruneError(f"--stats-dtype must be one of {', '.join(DTYPES)}, got {opts.stats_dtype!r}")
     for spec in (opts.data, *(opts.eval_data if opts.evaluate else ())):
@@ -77,9 +83,10 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
         plan_file = PruningPlan.load_for(opts.plan_file, shape, plan_file)
     else:
         opts.plan.validate(shape)
-        opts.plan.check_reachable(shape, min(shape.vocab_size, opts.vocab_extra) if opts.use_vocab else None)
         if opts.use_vocab:  # before the long work: the vocabulary stage would fail after it
             check_tokenizer_fits(tokenizer, shape.vocab_size)
+        floor = opts.vocab_floor(len(tokenizer_spec(tokenizer).base_ids) if opts.use_vocab else 1)
+        opts.plan.check_reachable(shape, None if floor is None else min(shape.vocab_size, floor))
     with timer("tokenize_calibration"):
         blocks = corpus.token_blocks(tokenizer, calib, opts.seq_len, opts.calib_tokens)
     stats_dtype = resolve_dtype(opts.stats_dtype, model)
@@ -90,31 +97,39 @@ def build_plan(model, tokenizer, opts: JobOptions, calib: list, timer: Timer,
              "calibration_tokens": {"requested": opts.calib_tokens, "used": int(blocks.numel())}}
     if opts.plan_file:
         return resolve_plan(plan_file, scores.ffn, scores.kv), extra
-    vocab_keep = None
-    if opts.use_vocab:
+    reserve = bias_reserve(shape, opts.plan.kv) if opts.could_use_bias_compensation() else 0
+    vocab_keep, vocab_options, keep_ids = None, [], model_token_ids(model)
+    if opts.trades_vocab:  # sizes to choose from, each with its measured cost
+        with timer("vocabulary"):
+            allowed = (math.ceil(opts.plan.ratio * shape.dense_params) + reserve) // shape.vocab_params(1)
+            read = corpus.block_documents(tokenizer, calib, opts.seq_len, opts.calib_tokens)
+            vocab_options, extra["vocab_options"] = measure_vocab_options(
+                model, tokenizer, shape, calib, read, scores.token_mass, allowed, opts.vocab_min_count, keep_ids,
+                opts.seq_len, opts.vocab_probe_tokens, opts.progress, dtype=stats_dtype, margin=VOCAB_EXTRA)
+    elif opts.use_vocab:
         with timer("vocabulary"):
             vocab_keep = vocabulary_for(tokenizer, shape, (d.text for d in calib), scores.token_mass, opts.plan.ratio,
-                                        opts.vocab_min_count, opts.vocab_extra, keep_ids=model_token_ids(model))
+                                        opts.vocab_min_count, opts.fixed_vocab_extra, keep_ids=keep_ids)
     tables = None
     if opts.plan.method == "unified":
-        with timer("kl_tables"):
-            kl = LayerwiseKL(model, spread_blocks(blocks, opts.kl_tokens), vocab_keep, depth=opts.plan.kl_depth,
+        with timer("kl_tables"):  # the KL is over the kept vocabulary: the widest removal's when it is traded
+            kl_vocab = vocab_options[0].keep if vocab_options else vocab_keep
+            kl = LayerwiseKL(model, spread_blocks(blocks, opts.kl_tokens), kl_vocab, depth=opts.plan.kl_depth,
                              dtype=resolve_dtype(opts.plan.kl_dtype, model))
             tables = measure_kl_tables(kl, scores, shape, opts.plan, progress=opts.progress)
         extra["kl_tables"] = tables
-    reserve = bias_reserve(shape, opts.plan.kv) if opts.could_use_bias_compensation() else 0
     with timer("plan"):
         try:
-            plan = make_plan(shape, scores, opts.plan, vocab_keep, tables, reserve)
+            plan = make_plan(shape, scores, opts.plan, vocab_keep, tables, reserve, vocab_options)
         except GreenpruneError as e:
-            if vocab_keep is not None and opts.vocab_extra > 0:
-                raise GreenpruneError(f"{e}, or keep fewer unused tokens (--vocab-extra {opts.vocab_extra})") from e
+            if vocab_keep is not None and opts.fixed_vocab_extra > 0:
+                raise GreenpruneError(f"{e}, or keep fewer unused tokens (--vocab-extra {opts.fixed_vocab_extra})") from e
             raise
     if tables is not None and tables["drop"] and plan.dropped_layers:
         with timer("layer_drop_check"):
             check_blocks = spread_blocks(blocks, opts.drop_check_tokens)
             plan, extra["layer_drop_check"] = check_layer_drops(model, check_blocks, scores, shape, opts.plan,
-                                                                vocab_keep, tables, plan, reserve)
+                                                                vocab_keep, tables, plan, reserve, vocab_options)
         log.info("layer removal check: %s", extra["layer_drop_check"])
     return plan, extra
 
@@ -180,7 +195,7 @@ def run_prune(opts: JobOptions, timer: Optional[Timer] = None) -> dict:
         with timer("save"):
             def write(tmp: Path) -> None:
                 plan.save(tmp / "plan.json")
-                plot_plan(plan, tmp / "plan.png", extra.get("kl_tables"))
+                plot_plan(plan, tmp / "plan.png", extra.get("kl_tables"), extra.get("vocab_options"))
                 if recovery is not None:
                     plot_loss(history, tmp / "loss.png")
                 report["size_on_disk"] = {"pruned_bytes": dir_size(tmp)}

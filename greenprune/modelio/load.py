@@ -70,9 +70,9 @@ def _gemma3_gguf() -> Path:
 
 
 PACKAGED_MODELS = {  # --model NAME; versions: 2 = special tokens named after the GGUF header's ids (SmolLM2),
-    # whitespace-run merges restored by id (_restore_merges, Gemma 3)
+    # whitespace-run merges restored by id (_restore_merges, Gemma 3); 3 = control tokens special (Gemma 3)
     DEFAULT_MODEL: PackagedModel("SmolLM2-135M-Instruct", 2, _smollm2_gguf),
-    GEMMA3_270M: PackagedModel("gemma-3-270m", 2, _gemma3_gguf),
+    GEMMA3_270M: PackagedModel("gemma-3-270m", 3, _gemma3_gguf),
 }
 
 
@@ -252,6 +252,29 @@ def _restore_merges(tok, path: Path) -> None:
     log.info("rebuilt %d BPE merges from the GGUF's piece scores", len(merges))
 
 
+GGUF_CONTROL = 3  # tokenizer.ggml.token_type of control tokens (llama.cpp's LLAMA_TOKEN_TYPE_CONTROL)
+
+
+def _mark_control_tokens(tok, path: Path) -> None:
+    """Make the GGUF's control tokens special tokens of the tokenizer, as llama.cpp treats them. transformers'
+    conversion of Gemma 3 270M's GGUF kept 5 of its 6,249 (<pad> <eos> <bos> <unk> <mask>): "<end_of_turn>" in a
+    chat prompt was spelled in 7 pieces instead of being token 106, and vocabulary pruning, which keeps every
+    special token, could drop the turn markers. Their ids are unchanged."""
+    from tokenizers import AddedToken
+
+    kv = _gguf_kv(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"))
+    tokens, types = kv.get("tokenizer.ggml.tokens"), kv.get("tokenizer.ggml.token_type")
+    if tokens is None or types is None:
+        return
+    have = set(tok.get_added_vocab())
+    vocab = tok.get_vocab()
+    missing = [tokens[i] for i in range(len(tokens)) if int(types[i]) == GGUF_CONTROL and tokens[i] not in have
+               and vocab.get(tokens[i]) == i]
+    if missing:
+        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+        log.info("GGUF header: %d control tokens made special tokens", len(missing))
+
+
 def _align_special_tokens(tok, token_ids: dict) -> None:
     """Name the special tokens the GGUF header names. transformers' GGUF tokenizer conversion can get them
     wrong: SmolLM2's header says eos id 2 (<|im_end|>), the converted tokenizer said <|im_start|>, so
@@ -325,6 +348,7 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
         raise GreenpruneError(f"cannot read GGUF file {path}: {type(e).__name__}: {e}") from e
     _forget_quantizer(model)
     _restore_merges(tok, path)
+    _mark_control_tokens(tok, path)
     _align_special_tokens(tok, meta["token_ids"])
     check_architecture(model.config, str(path))
     return model, tok

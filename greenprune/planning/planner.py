@@ -1,18 +1,19 @@
 """From scores and a parameter budget to a pruning plan.
 
-`unified` (Flab-Pruner's idea, made budget-exact): the vocabulary keeps the tokens the calibration corpus
-uses; then, for every decoder layer and every candidate change of it alone (FFN narrowed to an aligned width,
-KV groups removed, the whole layer removed), the KL divergence between the dense model's and the changed
-model's next-token distributions is measured on calibration tokens (kl_tables.py). Treating those costs as
-additive, a dynamic program picks one option per layer minimising the summed KL under the parameter budget,
-and a whole-plan check decides whether removing layers pays. Baselines: `uniform` (the same FFN width
+`unified` (Flab-Pruner's idea, made budget-exact): for every decoder layer and every candidate change of it
+alone (FFN narrowed to an aligned width, KV groups removed, the whole layer removed), the KL divergence between
+the dense model's and the changed model's next-token distributions is measured on calibration tokens
+(kl_tables.py); for the vocabulary, every candidate size (the tokens the calibration corpus uses and more) has its
+measured NLL change on held-out calibration documents (vocab_options.py), in the same unit. Treating those costs
+as additive, a dynamic program picks one option per layer and one vocabulary size minimising the summed cost
+under the parameter budget, and a whole-plan check decides whether removing layers pays. Baselines: `uniform` (the same FFN width
 everywhere, by any scorer) and `layers` (whole-layer removal by block influence, ShortGPT).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from ..scoring.scorers import Scores
 from .options import PlanOptions
 from .plan import LayerPlan, PruningPlan, keep_top
 from .replay import Change, LayerReplay
+from .vocab_options import VocabOption
 
 
 def _solve(options: list[list[tuple[float, int, object]]], need: int) -> list[object]:
@@ -72,12 +74,17 @@ def _layer_plans(choices, scores: Scores) -> tuple[LayerPlan, ...]:
     return tuple(out)
 
 
-def plan_layers(shape: ModelShape, scores: Scores, opts: PlanOptions, need: int, tables: Optional[dict]) -> tuple[LayerPlan, ...]:
-    """Choose per-layer (FFN width, KV heads) or removal so that at least `need` parameters go."""
+def plan_layers(shape: ModelShape, scores: Scores, opts: PlanOptions, need: int, tables: Optional[dict],
+                vocab_options: Sequence[VocabOption] = ()) -> tuple[tuple[LayerPlan, ...], Optional[VocabOption]]:
+    """Choose per-layer (FFN width, KV heads) or removal so that at least `need` parameters go; with
+    `vocab_options` (unified, per-layer plans only) the vocabulary's size is one more choice of the same dynamic
+    program, by its measured cost (vocab_options.py), and the option chosen is returned (else None)."""
+    if vocab_options and (opts.method != "unified" or opts.uniform):
+        raise GreenpruneError("vocabulary options are traded only by the unified per-layer planner")
     F, G, L = shape.intermediate_size, shape.num_key_value_heads, shape.num_hidden_layers
     full = shape.layer_params(F, G)
-    if need <= 0:
-        return _layer_plans([(F, G)] * L, scores)
+    if need <= 0 and not vocab_options:
+        return _layer_plans([(F, G)] * L, scores), None
     widths = opts.widths(shape)
     if opts.method == "layers":
         order = np.argsort(scores.block_influence)  # least influential first
@@ -85,11 +92,11 @@ def plan_layers(shape: ModelShape, scores: Scores, opts: PlanOptions, need: int,
         if n_drop >= L:
             raise GreenpruneError("budget unreachable by removing whole layers (it would remove them all)")
         dropped = set(order[:n_drop].tolist())
-        return _layer_plans([None if i in dropped else (F, G) for i in range(L)], scores)
+        return _layer_plans([None if i in dropped else (F, G) for i in range(L)], scores), None
     if opts.method == "uniform":
         for w in widths:
             if L * (full - shape.layer_params(w, G)) >= need:
-                return _layer_plans([(w, G)] * L, scores)
+                return _layer_plans([(w, G)] * L, scores), None
         raise _unreachable(shape, opts)
     # unified: KL tables + dynamic program
     kvs = tables["kv_counts"]
@@ -112,23 +119,27 @@ def plan_layers(shape: ModelShape, scores: Scores, opts: PlanOptions, need: int,
                     best = (cost, (w, g))
         if best is None:
             raise _unreachable(shape, opts)
-        return _layer_plans([best[1]] * L, scores)
+        return _layer_plans([best[1]] * L, scores), None
+    if vocab_options:  # one more item: the vocabulary's size, its rows against channels and layers
+        per_layer.append([(v.cost, v.removed_params(shape), v) for v in vocab_options])
     choices = _solve(per_layer, need)
+    vocab = choices.pop() if vocab_options and choices else None
     if not choices or all(c is None for c in choices):
         raise _unreachable(shape, opts)
-    return _layer_plans(choices, scores)
+    return _layer_plans(choices, scores), vocab
 
 
 @torch.no_grad()
-def plan_kls(model, blocks: torch.Tensor, plans: list[PruningPlan], vocab_keep: Optional[list[int]]) -> list[float]:
-    """Mean per-token KL(dense || plan) of each whole plan on `blocks` (one block at a time), by masked replay
-    of the dense model (replay.py): what the physically pruned models give, without building them."""
+def plan_kls(model, blocks: torch.Tensor, plans: list[PruningPlan]) -> list[float]:
+    """Mean per-token KL(dense || plan) of each whole plan (its vocabulary included) on `blocks` (one block at a
+    time), by masked replay of the dense model (replay.py): what the physically pruned models give, without
+    building them."""
     replay = LayerReplay(model, blocks, batch_size=1)
     head = replay.family.head_weight(model)
-    keep = None if vocab_keep is None else torch.as_tensor(list(vocab_keep))
-    pruned_head = head if keep is None else head[keep]
     out = []
     for plan in plans:
+        keep = None if plan.vocab_keep is None else torch.as_tensor(list(plan.vocab_keep))
+        pruned_head = head if keep is None else head[keep]
         total, count = 0.0, 0
         with replay.changed(plan_changes(plan)) as (first, skip):
             for b in range(len(replay)):
@@ -153,7 +164,7 @@ def plan_changes(plan: PruningPlan) -> dict[int, Change]:
 
 def check_layer_drops(model, blocks: torch.Tensor, scores: Scores, shape: ModelShape, opts: PlanOptions,
                       vocab_keep: Optional[list[int]], tables: dict, plan: PruningPlan,
-                      reserve: int = 0) -> tuple[PruningPlan, dict]:
+                      reserve: int = 0, vocab_options: Sequence[VocabOption] = ()) -> tuple[PruningPlan, dict]:
     """Keep whole-layer removal only where the whole plan shows it pays.
 
     The DP adds single-change KLs, which misjudges removing a layer when other layers are narrowed too (on
@@ -161,10 +172,11 @@ def check_layer_drops(model, blocks: torch.Tensor, scores: Scores, shape: ModelS
     without layer removal 1.175x). So a plan that removes layers is compared, as a whole, with the plan the DP
     makes without layer removal at the same budget: KL(dense || plan) on `blocks`, the lower one is kept."""
     try:
-        alt = make_plan(shape, scores, replace(opts, drop_layers=False), vocab_keep, {**tables, "drop": []}, reserve)
+        alt = make_plan(shape, scores, replace(opts, drop_layers=False), vocab_keep, {**tables, "drop": []}, reserve,
+                        vocab_options)
     except GreenpruneError as e:  # the budget needs layer removal
         return plan, {"kept": "with layer removal", "reason": str(e)}
-    kl_drop, kl_keep = plan_kls(model, blocks, [plan, alt], vocab_keep)
+    kl_drop, kl_keep = plan_kls(model, blocks, [plan, alt])
     record = {"tokens": int(blocks.numel()), "kl_with_layer_removal": kl_drop, "kl_without": kl_keep,
               "layers_dropped": plan.dropped_layers}
     if kl_keep <= kl_drop:
@@ -181,18 +193,25 @@ def _unreachable(shape: ModelShape, opts: PlanOptions) -> GreenpruneError:
 
 
 def make_plan(shape: ModelShape, scores: Scores, opts: PlanOptions, vocab_keep: Optional[list[int]],
-              tables: Optional[dict] = None, reserve: int = 0) -> PruningPlan:
+              tables: Optional[dict] = None, reserve: int = 0,
+              vocab_options: Sequence[VocabOption] = ()) -> PruningPlan:
     """The plan of `opts.method` that removes at least `opts.ratio` of the parameters, with `reserve`
-    parameters more kept free for what pruning adds afterwards (bias compensation: widths.bias_reserve)."""
+    parameters more kept free for what pruning adds afterwards (bias compensation: widths.bias_reserve).
+    The vocabulary: `vocab_keep` (None: whole), or, given `vocab_options`, the one the planner picks."""
     opts.validate(shape)
+    if vocab_options and vocab_keep is not None:
+        raise GreenpruneError("give a vocabulary or vocabulary options, not both")
     dense = shape.dense_params
     target = math.ceil(opts.ratio * dense) + reserve
     vocab = shape.vocab_size if vocab_keep is None else len(vocab_keep)
     need = target - (shape.vocab_params(shape.vocab_size) - shape.vocab_params(vocab))
-    layers = plan_layers(shape, scores, opts, need, tables)
-    plan = PruningPlan(shape, layers, tuple(vocab_keep) if vocab_keep is not None else None,
-                       {"method": opts.method, "ratio_requested": opts.ratio, "align": opts.align,
-                        "scorer": scores.scorer, "uniform": opts.uniform})
+    layers, option = plan_layers(shape, scores, opts, need, tables, vocab_options)
+    meta = {"method": opts.method, "ratio_requested": opts.ratio, "align": opts.align, "scorer": scores.scorer,
+            "uniform": opts.uniform}
+    if option is not None:
+        vocab_keep = option.keep
+        meta["vocab_option"] = option.record()
+    plan = PruningPlan(shape, layers, tuple(vocab_keep) if vocab_keep is not None else None, meta)
     if plan.params() > dense - target:
         raise _unreachable(shape, opts)
     return plan

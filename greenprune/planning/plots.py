@@ -6,7 +6,9 @@ from pathlib import Path
 from .plan import PruningPlan
 
 
-def plot_plan(plan: PruningPlan, path: Path, kl_tables: dict | None = None) -> Path:
+def plot_plan(plan: PruningPlan, path: Path, kl_tables: dict | None = None, vocab_options: dict | None = None) -> Path:
+    """Per-layer widths; with kl_tables, the planner's per-layer costs; with vocab_options (the record of
+    vocab_options.measure_vocab_options), each vocabulary size's measured cost, the one chosen marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +19,8 @@ def plot_plan(plan: PruningPlan, path: Path, kl_tables: dict | None = None) -> P
     idx = list(range(s.num_hidden_layers))
     ffn = [kept[i].ffn_width / s.intermediate_size if i in kept else 0 for i in idx]
     kv = [kept[i].kv_heads / s.num_key_value_heads if i in kept else 0 for i in idx]
-    rows = 2 if kl_tables else 1
+    measured = bool(vocab_options and vocab_options.get("measured"))
+    rows = 1 + bool(kl_tables) + measured
     fig, axes = plt.subplots(rows, 1, figsize=(10, 3.2 * rows), squeeze=False)
     ax = axes[0][0]
     ax.bar([i - 0.2 for i in idx], ffn, width=0.4, label=f"FFN width (of {s.intermediate_size})")
@@ -42,6 +45,21 @@ def plot_plan(plan: PruningPlan, path: Path, kl_tables: dict | None = None) -> P
         ax2.set_ylabel("KL(dense || changed), nats")
         ax2.set_title("KL tables: cost of changing one layer alone (the planner's input)", fontsize=9)
         ax2.legend(fontsize=7, ncol=3)
+    if measured:
+        ax3 = axes[-1][0]
+        opts = vocab_options["options"]
+        ax3.plot([o["removed_rows"] for o in opts] + [0], [o["cost"] for o in opts] + [0.0], "o-",
+                 label="option (the whole vocabulary at 0)")
+        chosen = plan.meta.get("vocab_option") or {}
+        if chosen.get("removed_rows") is not None:
+            ax3.plot([chosen["removed_rows"]], [chosen["cost"]], "r*", markersize=14, label="chosen")
+        ax3.axhline(0.0, color="gray", lw=0.5)
+        ax3.set_xlabel("vocabulary rows removed")
+        ax3.set_ylabel("cost, nats per token")
+        ax3.set_title(f"vocabulary sizes: NLL change on {vocab_options['probe_tokens']:,} tokens of "
+                      f"{vocab_options['probe_documents']} held-out calibration documents (the planner's input)",
+                      fontsize=9)
+        ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -152,7 +152,7 @@ def test_pair_metrics_score_the_models_own_logits(real_tokenizer, kind):
     of the models' logits (model(x).logits), not of the bare head's, which differ by far more than the bound."""
     from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig
 
-    from greenprune.evaluation.metrics import _windows
+    from greenprune.evaluation.metrics import text_windows
 
     kw = dict(vocab_size=len(real_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
@@ -168,7 +168,7 @@ def test_pair_metrics_score_the_models_own_logits(real_tokenizer, kind):
         assert got["bpb"] == pytest.approx(bits_per_byte(m, real_tokenizer, TEXTS, 24, progress=False)["bpb"], rel=1e-5)
     kl, n = 0.0, 0
     with torch.no_grad():
-        for w in _windows(real_tokenizer, TEXTS, 24):
+        for w in text_windows(real_tokenizer, TEXTS, 24):
             logp = dense(w[None]).logits[0].float().log_softmax(-1)
             logq = pruned(w[None]).logits[0].float().log_softmax(-1)
             kl += (logp.exp() * (logp - logq)).sum().item()

@@ -181,3 +181,34 @@ def test_whitespace_runs_get_merges_though_the_gguf_spells_them_with_spaces(tmp_
     # runs merge into the user-defined pieces, not one token per space (before: ["\u2581"] * 4)
     assert tok.tokenize("    ") == ["\u2581" * 4] and tok.tokenize("  ") == ["\u2581" * 2]
     assert tok.tokenize("    x") == ["\u2581" * 2, "\u2581", "\u2581x"]  # " x" (-500) outranks the runs (-1000)
+
+
+def test_gguf_control_tokens_become_special_tokens_with_their_ids(tmp_path):
+    """A control token (type 3) the conversion left a plain piece is made a special token, its id unchanged: its
+    text is then that one token (Gemma 3's "<end_of_turn>" had been 7 pieces), and vocabulary pruning keeps it."""
+    from tokenizers import Tokenizer, models
+    from transformers import TokenizersBackend
+
+    from greenprune.modelio.load import _mark_control_tokens
+    from greenprune.pruning.vocab import close_vocabulary
+
+    pieces = ["<unk>", "<", ">", "e", "n", "d", "<end>", "en", "x"]
+    path = tmp_path / "ctrl.gguf"
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores([0.0] * len(pieces))
+    w.add_token_types([2, 1, 1, 1, 1, 1, 3, 1, 1])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    vocab = {t: i for i, t in enumerate(pieces)}
+    tok = TokenizersBackend(tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=[("e", "n")], unk_token="<unk>")),
+                            unk_token="<unk>")
+    assert tok("x<end>", add_special_tokens=False)["input_ids"] != [8, 6]
+    _mark_control_tokens(tok, path)
+    assert tok("x<end>", add_special_tokens=False)["input_ids"] == [8, 6] and len(tok) == len(pieces)
+    assert 6 in close_vocabulary(tok, [8])  # kept by every pruned vocabulary, like the other special tokens
+    _mark_control_tokens(tok, path)  # converting twice adds nothing
+    assert set(tok.get_added_vocab()) == {"<unk>", "<end>"}

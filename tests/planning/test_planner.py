@@ -116,7 +116,7 @@ def test_layerwise_kl_is_the_kl_of_the_models_own_logits_under_logits_scaling():
     plan = identity_plan(shape_of(m))
     narrowed = replace(plan, layers=tuple(replace(lp_, ffn_width=len(keep), ffn_keep=tuple(keep)) if lp_.index == 1
                                           else lp_ for lp_ in plan.layers))
-    assert plan_kls(m, blocks, [narrowed], None)[0] == pytest.approx(full, rel=1e-4)
+    assert plan_kls(m, blocks, [narrowed])[0] == pytest.approx(full, rel=1e-4)
 
 
 def test_bfloat16_replay_measures_the_same_kl_within_its_rounding():

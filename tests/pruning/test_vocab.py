@@ -162,6 +162,39 @@ def test_choose_vocabulary_gives_tokens_back_within_budget(small_tok):
     assert returned == sorted(set(range(V)) - set(with_extra))[: len(returned)]  # lowest ids first
 
 
+def test_the_parsed_spec_is_shared_never_edited_and_follows_added_tokens(small_tok):
+    """The vocabulary stage parses tokenizer.json once per tokenizer (vocab.tokenizer_spec): pruning twice gives
+    what pruning a fresh tokenizer gives (the shared spec was not edited), and a token added afterwards is seen."""
+    from greenprune.pruning.vocab import tokenizer_spec
+
+    tok = TokenizersBackend(tokenizer_object=Tokenizer.from_str(small_tok.backend_tokenizer.to_str()))
+    spec = tokenizer_spec(tok)
+    assert tokenizer_spec(tok) is spec
+    first = close_vocabulary(tok, range(300, 340))
+    a = prune_tokenizer(tok, first)
+    b = prune_tokenizer(tok, close_vocabulary(tok, range(500, 520)))
+    fresh = TokenizersBackend(tokenizer_object=Tokenizer.from_str(small_tok.backend_tokenizer.to_str()))
+    again = prune_tokenizer(fresh, first)
+    assert a.backend_tokenizer.to_str() == again.backend_tokenizer.to_str()
+    assert len(b) != len(a) and json.loads(tok.backend_tokenizer.to_str()) == json.loads(fresh.backend_tokenizer.to_str())
+    tok.add_tokens(["<added_later>"])
+    added = tok.convert_tokens_to_ids("<added_later>")
+    assert tokenizer_spec(tok) is not spec and added in close_vocabulary(tok, [300])
+
+
+def test_the_fewest_extra_tokens_for_a_budget_count_their_merge_parts(small_tok):
+    from greenprune.pruning.vocab import VocabularyRanking
+
+    V = len(small_tok)
+    r = VocabularyRanking(small_tok, KEEP_LINES, V, token_mass=np.random.default_rng(2).random(V))
+    free = V - len(r.floor)
+    for budget in (free // 3, free // 2, free - 1):
+        e = r.extra_for(budget)
+        assert V - len(r.keep(e)) <= budget < V - len(r.keep(e - 1))
+        assert r.keeps([e - 1, e]) == [r.keep(e - 1), r.keep(e)]
+    assert r.extra_for(free) == 0
+
+
 def test_remap_ids():
     table = remap_ids([0, 3, 4, 9])
     assert table.tolist() == [0, -1, -1, 1, 2, -1, -1, -1, -1, 3]
