@@ -28,7 +28,7 @@ from ..planning.kl_tables import LayerwiseKL, measure_kl_tables
 from ..planning.plan import PruningPlan, resolve_plan
 from ..planning.planner import check_layer_drops, make_plan
 from ..planning.plots import plot_plan
-from ..planning.vocab_options import measure_vocab_options
+from ..pruning.vocab_cost import measure_vocab_options
 from ..planning.widths import bias_reserve
 from ..pruning.compensation import compensate_, reconstruct_
 from ..pruning.prune import prune_model

@@ -13,7 +13,8 @@ from greenprune.planning.kl_tables import LayerwiseKL, measure_kl_tables
 from greenprune.planning.options import PlanOptions
 from greenprune.planning.plan import LayerPlan, PruningPlan
 from greenprune.planning.planner import make_plan
-from greenprune.planning.vocab_options import (MIN_STEP, VocabOption, _probe_nll, measure_vocab_options,
+from greenprune.planning.vocab_options import VocabOption
+from greenprune.pruning.vocab_cost import (MIN_STEP, _probe_nll, measure_vocab_options,
                                                option_extras, probe_snippets, probe_split)
 from greenprune.pruning.prune import prune_model
 from greenprune.pruning.vocab import close_vocabulary, prune_tokenizer, token_counts
