@@ -88,6 +88,12 @@ def kl_divergence(
     return KLResult(*[torch.cat(t) for t in zip(*outs)])
 
 
+def token_nll(logits: torch.Tensor, ids: torch.Tensor, lse: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-window summed next-token NLL [B] of windows ids [B, L] under logits [B, L, V] (lse: their logsumexp)."""
+    lse = torch.logsumexp(logits[:, :-1], -1) if lse is None else lse[:, :-1]
+    return (lse - logits[:, :-1].gather(2, ids[:, 1:, None])[..., 0]).sum(1)
+
+
 def kl_from_logits(
     ld: torch.Tensor, lp: torch.Tensor, kept_ids: Optional[torch.Tensor] = None
 ) -> tuple[KLResult, torch.Tensor, torch.Tensor]:

@@ -332,6 +332,16 @@ def block_documents(tokenizer, docs: list[Document], seq_len: int, max_tokens: i
     return set(_joined_ids(tokenizer, docs, (max_tokens // seq_len) * (seq_len - 1))[1])
 
 
+def text_windows(tokenizer, texts: list[str], seq_len: int) -> list[torch.Tensor]:
+    """Each text tokenized whole, cut into windows of seq_len - 1 tokens, each behind a BOS token."""
+    bos, out = window_start_id(tokenizer), []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        for s in range(0, len(ids), seq_len - 1):
+            out.append(torch.tensor([bos] + ids[s : s + seq_len - 1]))
+    return out
+
+
 def token_blocks(tokenizer, docs: list[Document], seq_len: int, max_tokens: int) -> torch.Tensor:
     """[N, seq_len] blocks of token ids, each a start token (window_start_id) then seq_len - 1 tokens of the
     documents (hashed order) joined by EOS, cut to a token budget of N * seq_len <= max_tokens."""

@@ -13,19 +13,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..data.corpus import window_start_id
+from ..data.corpus import text_windows, window_start_id
 from ..families import family_for
-from ..kernels.reference import kl_from_logits
-
-
-def text_windows(tokenizer, texts: list[str], seq_len: int) -> list[torch.Tensor]:
-    """Each text tokenized whole, cut into windows of seq_len - 1 tokens, each behind a BOS token."""
-    bos, out = window_start_id(tokenizer), []
-    for t in texts:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        for s in range(0, len(ids), seq_len - 1):
-            out.append(torch.tensor([bos] + ids[s : s + seq_len - 1]))
-    return out
+from ..kernels.reference import kl_from_logits, token_nll
 
 
 # Evaluation windows of one length run together, as many as keep one model's fp32 logits [batch x length, vocab]
@@ -48,12 +38,6 @@ def equal_length_batches(windows: list[torch.Tensor], vocab_size: int) -> list[l
 
 def _vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
-
-
-def token_nll(logits: torch.Tensor, ids: torch.Tensor, lse: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-window summed next-token NLL [B] of windows ids [B, L] under logits [B, L, V] (lse: their logsumexp)."""
-    lse = torch.logsumexp(logits[:, :-1], -1) if lse is None else lse[:, :-1]
-    return (lse - logits[:, :-1].gather(2, ids[:, 1:, None])[..., 0]).sum(1)
 
 
 @torch.no_grad()

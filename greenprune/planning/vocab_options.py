@@ -1,4 +1,6 @@
-"""Vocabulary sizes the unified planner trades against FFN channels and layers, each with a measured cost.
+"""A vocabulary size the planner can choose, with its measured cost (measured by pruning/vocab_cost.py).
+
+Vocabulary sizes the unified planner trades against FFN channels and layers, each with a measured cost.
 
 A vocabulary option keeps the tokens the calibration corpus uses (the floor, pruning.vocab.VocabularyRanking) and
 `extra` of the others, those the dense model expects most; the fewer it keeps, the more embedding (and untied LM

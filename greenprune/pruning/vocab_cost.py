@@ -6,9 +6,10 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..data.corpus import Document, hashed_order, stable_hash, window_start_id
+from ..data.corpus import Document, hashed_order, stable_hash, text_windows
 from ..errors import GreenpruneError
 from ..families import ModelShape, family_for
+from ..kernels.reference import token_nll
 from ..precision import working_copy
 from ..planning.vocab_options import VocabOption
 from .vocab import VocabularyRanking, prune_tokenizer, token_counts
@@ -71,20 +72,6 @@ def option_extras(shape: ModelShape, floor: int, known: int, allowed_rows: int, 
         if removed > 0 and all(abs(removed - (shape.vocab_size - floor - c)) >= MIN_STEP * widest for c in chosen):
             chosen.append(e)
     return chosen
-
-
-def text_windows(tokenizer, texts: list[str], seq_len: int) -> list[torch.Tensor]:
-    """Each text tokenized whole, cut into windows of seq_len - 1 tokens behind the start token (as evaluated)."""
-    start, out = window_start_id(tokenizer), []
-    for t in texts:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        out += [torch.tensor([start] + ids[s : s + seq_len - 1]) for s in range(0, len(ids), seq_len - 1)]
-    return out
-
-
-def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-window summed next-token NLL [B] of windows ids [B, L] under logits [B, L, V]."""
-    return (torch.logsumexp(logits[:, :-1], -1) - logits[:, :-1].gather(2, ids[:, 1:, None])[..., 0]).sum(1)
 
 
 def _log_kept_mass(z: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
