@@ -70,9 +70,10 @@ def _gemma3_gguf() -> Path:
 
 
 PACKAGED_MODELS = {  # --model NAME; versions: 2 = special tokens named after the GGUF header's ids (SmolLM2),
-    # whitespace-run merges restored by id (_restore_merges, Gemma 3); 3 = control tokens special (Gemma 3)
+    # whitespace-run merges restored by id (_restore_merges, Gemma 3); 3 = control tokens special (Gemma 3);
+    # 4 = byte tokens keep their <0xXX> names, so no id is lost to a repeated name (_unique_pieces, Gemma 3)
     DEFAULT_MODEL: PackagedModel("SmolLM2-135M-Instruct", 2, _smollm2_gguf),
-    GEMMA3_270M: PackagedModel("gemma-3-270m", 3, _gemma3_gguf),
+    GEMMA3_270M: PackagedModel("gemma-3-270m", 4, _gemma3_gguf),
 }
 
 
@@ -222,8 +223,9 @@ def _restore_merges(tok, path: Path) -> None:
         return
     from tokenizers import Tokenizer
 
+    types = kv.get("tokenizer.ggml.token_type")
     if model.get("type") == "Unigram":
-        pieces = [p for p, _ in model["vocab"]]
+        pieces = _unique_pieces([p for p, _ in model["vocab"]], tokens, types, path)
         unk = pieces[model["unk_id"]] if model.get("unk_id") is not None else None
         spec["model"] = model = {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
                                  "end_of_word_suffix": None, "fuse_unk": True,
@@ -233,7 +235,6 @@ def _restore_merges(tok, path: Path) -> None:
         return
     vocab = model["vocab"]
     piece = {i: p for p, i in vocab.items()}
-    types = kv.get("tokenizer.ggml.token_type")
     # normal pieces and user-defined ones (whitespace runs; SentencePiece matches those first). A piece is named as
     # the converted vocabulary names it: the GGUF spells Gemma's whitespace runs with spaces ("    ", id 140), the
     # vocabulary with U+2581 ("\u2581" x 4); matched by GGUF string they got no merges, and four spaces of
@@ -253,6 +254,27 @@ def _restore_merges(tok, path: Path) -> None:
 
 
 GGUF_CONTROL = 3  # tokenizer.ggml.token_type of control tokens (llama.cpp's LLAMA_TOKEN_TYPE_CONTROL)
+GGUF_BYTE = 6  # tokenizer.ggml.token_type of byte-fallback tokens, spelled <0xXX> (LLAMA_TOKEN_TYPE_BYTE)
+
+
+def _unique_pieces(pieces: list, tokens: list, types, path: Path) -> list:
+    """One distinct name per token id for the BPE vocabulary (a name -> id map, so a repeated name loses an id).
+    transformers' conversion of Gemma 3 270M names byte token 247 (<0x09>) "\t", which is also normal piece
+    255968: id 247 vanished, the tokenizer had 262,143 ids for 262,144 embedding rows and decoded 247 as ''.
+    Byte tokens keep the GGUF's own <0xXX> name, the name byte fallback looks up."""
+    names = list(pieces)
+    if types is not None:
+        for i in range(min(len(names), len(tokens), len(types))):
+            if int(types[i]) == GGUF_BYTE:
+                names[i] = tokens[i]
+    first = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise GreenpruneError(f"{path}: the converted tokenizer names token ids {first[name]} and {i} the same "
+                                  f"piece {name!r}; converting it would lose one id. Convert the model to safetensors "
+                                  f"with its original tokenizer and pass that directory")
+        first[name] = i
+    return names
 
 
 def _mark_control_tokens(tok, path: Path) -> None:

@@ -38,7 +38,7 @@ def test_refused_from_the_header_while_its_family_is_missing(tmp_path, monkeypat
 def test_converts_once_and_loads():
     d = gemma3_270m_dir()
     model, tok = load_model(GEMMA3_270M)
-    assert model.config.model_type == "gemma3_text" and len(tok) <= model.config.vocab_size
+    assert model.config.model_type == "gemma3_text" and len(tok) == model.config.vocab_size == 262144
     assert (tok.eos_token_id, tok.bos_token_id) == (1, 2)
     assert gemma3_270m_dir() == d  # cached
 
@@ -56,3 +56,6 @@ def test_converted_tokenizer_keeps_whitespace_runs_and_round_trips():
     assert pieces[5:8] == ["\n", "\u2581" * 3, "\u2581if"] and pieces[10:13] == ["\n", "\u2581" * 7, "\u2581return"]
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.decode(ids) == text and tok.unk_token_id not in ids
+    # every id has its own token: byte token 247 (<0x09>) had been named "\t" like piece 255968, and was lost
+    assert len(tok) == 262144 and tok.convert_ids_to_tokens([247, 255968]) == ["<0x09>", "\t"]
+    assert tok.decode([247]) == "\t"

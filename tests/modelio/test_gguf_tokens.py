@@ -183,6 +183,53 @@ def test_whitespace_runs_get_merges_though_the_gguf_spells_them_with_spaces(tmp_
     assert tok.tokenize("    x") == ["\u2581" * 2, "\u2581", "\u2581x"]  # " x" (-500) outranks the runs (-1000)
 
 
+def _unigram_gguf(path: Path, pieces: list, types: list) -> Path:
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores([0.0] + [-1.0 - i for i in range(len(pieces) - 1)])
+    w.add_token_types(types)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _converted_unigram(names: list):
+    """A tokenizer as transformers' GGUF conversion leaves a SentencePiece-BPE model: a Unigram, byte fallback."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import TokenizersBackend
+
+    backend = Tokenizer(models.Unigram([(n, -1.0) for n in names], unk_id=0, byte_fallback=True))
+    backend.decoder = decoders.ByteFallback()
+    return TokenizersBackend(tokenizer_object=backend, unk_token="<unk>")
+
+
+def test_byte_token_named_like_a_normal_piece_keeps_its_id(tmp_path):
+    """transformers names Gemma 3's byte token 247 (<0x09>) "\t", also the name of normal piece 255968: built into
+    a name -> id vocabulary, id 247 was lost (262,143 ids for 262,144 embedding rows; decode([247]) == '')."""
+    from greenprune.modelio.load import _restore_merges
+
+    gguf = ["<unk>", "<0x09>", "<0x41>", "a", "b", "ab", "\t"]
+    path = _unigram_gguf(tmp_path / "bytes.gguf", gguf, [2, 6, 6, 1, 1, 1, 1])
+    tok = _converted_unigram(["<unk>", "\t", "<0x41>", "a", "b", "ab", "\t"])  # id 1 as the conversion names it
+    _restore_merges(tok, path)
+    vocab = tok.get_vocab()
+    assert sorted(vocab.values()) == list(range(len(gguf))) and len(tok) == len(gguf)
+    assert vocab["<0x09>"] == 1 and vocab["\t"] == 6
+    assert tok.decode([1]) == "\t" and tok.decode([2]) == "A"  # byte fallback decodes both byte tokens
+    assert tok("\tab", add_special_tokens=False)["input_ids"] == [6, 5]  # tab is the normal piece, as before
+
+
+def test_two_normal_pieces_with_one_name_are_refused_not_merged(tmp_path):
+    from greenprune.modelio.load import _restore_merges
+
+    path = _unigram_gguf(tmp_path / "dup.gguf", ["<unk>", "a", "b", "a2"], [2, 1, 1, 1])
+    with pytest.raises(GreenpruneError, match=r"names token ids 1 and 3 the same piece 'a'.*lose one id"):
+        _restore_merges(_converted_unigram(["<unk>", "a", "b", "a"]), path)
+
+
 def test_gguf_control_tokens_become_special_tokens_with_their_ids(tmp_path):
     """A control token (type 3) the conversion left a plain piece is made a special token, its id unchanged: its
     text is then that one token (Gemma 3's "<end_of_turn>" had been 7 pieces), and vocabulary pruning keeps it."""
