@@ -1,4 +1,4 @@
-"""greenprune: structured pruning of Llama-family LLMs (vocabulary, layers, FFN channels, KV groups).
+"""greenprune: structured pruning (vocabulary, layers, FFN channels, KV groups, experts) of decoder LLMs.
 
 Pure Python by default. The optional CUDA extension in csrc/ (greenprune._C) is built when
 GREENPRUNE_BUILD_CUDA allows it (see csrc/ext_build.py: 0 | 1 | auto, default auto = only when the build
@@ -21,7 +21,7 @@ setup(
     **cuda_extension_setup(HERE),
     name="greenprune",
     version=VERSION,
-    description="Unified structured pruning (vocabulary, layers, FFN, KV groups) of Llama-family LLMs",
+    description="Unified structured pruning (vocabulary, layers, FFN, KV groups, experts) of decoder LLMs",
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

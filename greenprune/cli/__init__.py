@@ -27,7 +27,8 @@ RUNNERS = {"prune": prune.run_prune_cmd, "eval": evaluate.run, "recover": recove
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="greenprune", description="Unified structured pruning of Llama-family LLMs.")
+    ap = argparse.ArgumentParser(prog="greenprune", description="Unified structured pruning of decoder LLMs (Llama, "
+                                 "Mistral, Qwen2/3, Gemma 2/3, Phi-3, StarCoder2, Granite, mixture-of-experts).")
     ap.add_argument("--version", action="version", version=f"greenprune {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     prune.add_parser(sub)
