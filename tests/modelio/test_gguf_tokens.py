@@ -32,6 +32,24 @@ def _write_gguf(path: Path, arch: str) -> Path:
     return path
 
 
+def _spm_gguf(path: Path, pieces: list, scores: list, types: list) -> Path:
+    """A header-only GGUF of a SentencePiece-BPE tokenizer (tokenizer.ggml.model 'llama'), as Gemma's."""
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _falling(pieces) -> list:
+    return [0.0] + [-1.0 - i for i in range(len(list(pieces)) - 1)]
+
+
 def test_unsupported_gguf_architecture_refused_from_the_header(tmp_path):
     path = _write_gguf(tmp_path / "m.gguf", "bert")
     assert gguf_metadata(path) == {"architecture": "bert", "model_type": "bert", "token_ids": {"eos_token": 7}}
@@ -135,16 +153,8 @@ def test_sentencepiece_merges_rebuilt_from_gguf_scores(tmp_path):
 
     pieces = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
     scores = [0.0, -1.0, -1.0, -1.0, -2.0, -3.0, -9.0]
-    path = tmp_path / "spm.gguf"
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores(scores)
-    w.add_token_types([2, 1, 1, 1, 1, 1, 3])  # unk, normal x5, control: 'abc' is no merge target
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # unk, normal x5, control: 'abc' is no merge target
+    path = _spm_gguf(tmp_path / "spm.gguf", pieces, scores, [2, 1, 1, 1, 1, 1, 3])
     vocab = {t: i for i, t in enumerate(pieces)}
     tok = TokenizersBackend(tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")),
                             unk_token="<unk>")
@@ -164,16 +174,7 @@ def test_whitespace_runs_get_merges_though_the_gguf_spells_them_with_spaces(tmp_
 
     gguf_pieces = ["<unk>", " ", "x", "  ", "    ", " x"]
     vocab = {t.replace(" ", "\u2581"): i for i, t in enumerate(gguf_pieces)}
-    path = tmp_path / "ws.gguf"
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(gguf_pieces)
-    w.add_token_scores([0.0, -5.0, -5.0, -1000.0, -1000.0, -500.0])
-    w.add_token_types([2, 1, 1, 4, 4, 1])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = _spm_gguf(tmp_path / "ws.gguf", gguf_pieces, [0.0, -5.0, -5.0, -1000.0, -1000.0, -500.0], [2, 1, 1, 4, 4, 1])
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.normalizer = normalizers.Replace(" ", "\u2581")
     tok = TokenizersBackend(tokenizer_object=backend, unk_token="<unk>")
@@ -181,19 +182,6 @@ def test_whitespace_runs_get_merges_though_the_gguf_spells_them_with_spaces(tmp_
     # runs merge into the user-defined pieces, not one token per space (before: ["\u2581"] * 4)
     assert tok.tokenize("    ") == ["\u2581" * 4] and tok.tokenize("  ") == ["\u2581" * 2]
     assert tok.tokenize("    x") == ["\u2581" * 2, "\u2581", "\u2581x"]  # " x" (-500) outranks the runs (-1000)
-
-
-def _unigram_gguf(path: Path, pieces: list, types: list) -> Path:
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores([0.0] + [-1.0 - i for i in range(len(pieces) - 1)])
-    w.add_token_types(types)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def _converted_unigram(names: list):
@@ -212,7 +200,7 @@ def test_byte_token_named_like_a_normal_piece_keeps_its_id(tmp_path):
     from greenprune.modelio.load import _restore_merges
 
     gguf = ["<unk>", "<0x09>", "<0x41>", "a", "b", "ab", "\t"]
-    path = _unigram_gguf(tmp_path / "bytes.gguf", gguf, [2, 6, 6, 1, 1, 1, 1])
+    path = _spm_gguf(tmp_path / "bytes.gguf", gguf, _falling(gguf), [2, 6, 6, 1, 1, 1, 1])
     tok = _converted_unigram(["<unk>", "\t", "<0x41>", "a", "b", "ab", "\t"])  # id 1 as the conversion names it
     _restore_merges(tok, path)
     vocab = tok.get_vocab()
@@ -225,7 +213,7 @@ def test_byte_token_named_like_a_normal_piece_keeps_its_id(tmp_path):
 def test_two_normal_pieces_with_one_name_are_refused_not_merged(tmp_path):
     from greenprune.modelio.load import _restore_merges
 
-    path = _unigram_gguf(tmp_path / "dup.gguf", ["<unk>", "a", "b", "a2"], [2, 1, 1, 1])
+    path = _spm_gguf(tmp_path / "dup.gguf", ["<unk>", "a", "b", "a2"], _falling(range(4)), [2, 1, 1, 1])
     with pytest.raises(GreenpruneError, match=r"names token ids 1 and 3 the same piece 'a'.*lose one id"):
         _restore_merges(_converted_unigram(["<unk>", "a", "b", "a"]), path)
 
@@ -240,16 +228,7 @@ def test_gguf_control_tokens_become_special_tokens_with_their_ids(tmp_path):
     from greenprune.pruning.vocab import close_vocabulary
 
     pieces = ["<unk>", "<", ">", "e", "n", "d", "<end>", "en", "x"]
-    path = tmp_path / "ctrl.gguf"
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores([0.0] * len(pieces))
-    w.add_token_types([2, 1, 1, 1, 1, 1, 3, 1, 1])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = _spm_gguf(tmp_path / "ctrl.gguf", pieces, [0.0] * len(pieces), [2, 1, 1, 1, 1, 1, 3, 1, 1])
     vocab = {t: i for i, t in enumerate(pieces)}
     tok = TokenizersBackend(tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=[("e", "n")], unk_token="<unk>")),
                             unk_token="<unk>")
