@@ -46,8 +46,9 @@ def _spm_gguf(path: Path, pieces: list, scores: list, types: list) -> Path:
     return path
 
 
-def _falling(pieces) -> list:
-    return [0.0] + [-1.0 - i for i in range(len(list(pieces)) - 1)]
+def _falling(n: int) -> list:
+    """Scores for n pieces: 0 for <unk>, then -1, -2, ... (earlier pieces rank higher)."""
+    return [0.0] + [-1.0 - i for i in range(n - 1)]
 
 
 def test_unsupported_gguf_architecture_refused_from_the_header(tmp_path):
@@ -200,7 +201,7 @@ def test_byte_token_named_like_a_normal_piece_keeps_its_id(tmp_path):
     from greenprune.modelio.load import _restore_merges
 
     gguf = ["<unk>", "<0x09>", "<0x41>", "a", "b", "ab", "\t"]
-    path = _spm_gguf(tmp_path / "bytes.gguf", gguf, _falling(gguf), [2, 6, 6, 1, 1, 1, 1])
+    path = _spm_gguf(tmp_path / "bytes.gguf", gguf, _falling(len(gguf)), [2, 6, 6, 1, 1, 1, 1])
     tok = _converted_unigram(["<unk>", "\t", "<0x41>", "a", "b", "ab", "\t"])  # id 1 as the conversion names it
     _restore_merges(tok, path)
     vocab = tok.get_vocab()
@@ -213,7 +214,7 @@ def test_byte_token_named_like_a_normal_piece_keeps_its_id(tmp_path):
 def test_two_normal_pieces_with_one_name_are_refused_not_merged(tmp_path):
     from greenprune.modelio.load import _restore_merges
 
-    path = _spm_gguf(tmp_path / "dup.gguf", ["<unk>", "a", "b", "a2"], _falling(range(4)), [2, 1, 1, 1])
+    path = _spm_gguf(tmp_path / "dup.gguf", ["<unk>", "a", "b", "a2"], _falling(4), [2, 1, 1, 1])
     with pytest.raises(GreenpruneError, match=r"names token ids 1 and 3 the same piece 'a'.*lose one id"):
         _restore_merges(_converted_unigram(["<unk>", "a", "b", "a"]), path)
 
